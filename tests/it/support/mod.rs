@@ -1,0 +1,88 @@
+//! Shared helpers for the integration tests.
+//!
+//! Tests that need a real service (PostgreSQL, MariaDB, S3, an Iceberg REST catalogue, NATS,
+//! moto) learn where it runs from the environment variables that `scripts/services.sh start`
+//! prints, for example:
+//!
+//! ```sh
+//! eval "$(bash scripts/services.sh start)"
+//! cargo test --test it
+//! bash scripts/services.sh stop
+//! ```
+//!
+//! A developer who has not started the services still gets a green run: such tests say loudly
+//! that they were skipped and return early. In CI (`CI=true` or `CI=1`) a missing service is a
+//! broken set-up, never a reason to skip, so the test fails instead.
+
+use std::io::Write;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+/// Returns the value of the environment variable `var`, which `scripts/services.sh` sets when
+/// `service` is running.
+///
+/// If the variable is unset or empty, the service is taken to be absent:
+///
+/// - outside CI, a `SKIPPED: …` line is printed to stderr and `None` is returned, so the
+///   calling test can return early;
+/// - when the environment variable `CI` is `true` or `1`, this panics, because CI must start
+///   every service its tests need.
+///
+/// Typical use at the top of a test:
+///
+/// ```ignore
+/// let Some(url) = support::service_env("postgres", "LAKESYNC_PG_URL") else {
+///     return;
+/// };
+/// ```
+#[track_caller]
+pub fn service_env(service: &str, var: &str) -> Option<String> {
+    match std::env::var(var) {
+        Ok(value) if !value.trim().is_empty() => Some(value),
+        _ => {
+            if in_ci() {
+                panic!(
+                    "{service} is missing in CI: {var} is not set. CI must start it with \
+                     `eval \"$(bash scripts/services.sh start)\"` before running the tests."
+                );
+            }
+            // Written straight to the stderr handle, not with `eprint!`, so the test harness
+            // does not capture it: the notice shows even without `--nocapture`. One write, so
+            // that parallel tests do not interleave their notices.
+            let notice = format!(
+                "\n========================================================================\n\
+                 SKIPPED: {service} is not running ({var} is set by scripts/services.sh; \
+                 run scripts/test.sh)\n\
+                 ========================================================================\n"
+            );
+            let _ = std::io::stderr().lock().write_all(notice.as_bytes());
+            None
+        }
+    }
+}
+
+/// Returns true when the environment variable `CI` is `true` or `1` (case-insensitive).
+pub fn in_ci() -> bool {
+    std::env::var("CI")
+        .map(|v| {
+            let v = v.trim();
+            v == "1" || v.eq_ignore_ascii_case("true")
+        })
+        .unwrap_or(false)
+}
+
+/// Returns a name that is unique across test runs and processes: `prefix`, the process id, the
+/// current time in nanoseconds and a per-process counter, joined by underscores (for example
+/// `smoke_4242_1732650000123456789_0`).
+///
+/// The result contains only ASCII letters, digits and underscores if `prefix` does, so it is a
+/// valid SQL identifier, NATS stream name and object-key component.
+pub fn unique_name(prefix: &str) -> String {
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or_default();
+    format!("{prefix}_{}_{nanos}_{n}", std::process::id())
+}
