@@ -314,13 +314,20 @@ save_template() {
   local src=$1 dest=$2 tmp
   mkdir -p "$TEMPLATES_DIR"
   tmp=$(mktemp -d "$TEMPLATES_DIR/.tmp.XXXXXX")
-  if cp -a "$src" "$tmp/data" && mv -T "$tmp/data" "$dest" 2>/dev/null; then
+  if copy_tree "$src" "$tmp/data" && mv -T "$tmp/data" "$dest" 2>/dev/null; then
     rmdir "$tmp"
   else
     rm -rf "$tmp"
   fi
   # Drop templates made by an older recipe.
   find "$TEMPLATES_DIR" -mindepth 1 -maxdepth 1 -name '*-r*' ! -name "*-r$TEMPLATE_RECIPE" -exec rm -rf {} + || true
+}
+
+# Copy a data dir with owners and modes. A tar pipe: on this kind of disk it is about twice as
+# fast as `cp -a` for Postgres's thousand small files.
+copy_tree() {
+  mkdir -p "$2"
+  tar -C "$1" -cf - . | tar -C "$2" -xpf -
 }
 
 # Launch a daemon detached from this shell, all of its output going to its log file.
@@ -337,7 +344,7 @@ pg_prepare() {
   if [[ $(id -u) -eq 0 ]]; then install -d -o postgres -g postgres "$d"; else mkdir -p "$d"; fi
   template="$TEMPLATES_DIR/pg-$("$PG_BIN/postgres" --version | awk '{print $3}')-r$TEMPLATE_RECIPE"
   if [[ -d $template ]]; then
-    cp -a "$template" "$d/data"
+    copy_tree "$template" "$d/data"
     log "postgres data dir copied from $template"
     return 0
   fi
@@ -376,7 +383,7 @@ mysql_prepare() {
   fi
   template="$TEMPLATES_DIR/mariadb-$("$(find_mariadbd)" --version | awk '{print $3}')-r$TEMPLATE_RECIPE"
   if [[ -d $template ]]; then
-    cp -a "$template" "$d/data"
+    copy_tree "$template" "$d/data"
     log "mariadb data dir copied from $template"
     return 0
   fi
@@ -486,16 +493,19 @@ reset_dir() {
   if [[ -d $SERVICES_DIR && ! -e $SERVICES_DIR/$MARKER ]] && [[ -n $(ls -A "$SERVICES_DIR") ]]; then
     die "$SERVICES_DIR exists, is not empty and was not made by this script; refusing to wipe it"
   fi
-  # Move the old dir aside and delete it in the background: that takes a second or so.
-  local trash=""
-  if [[ -e $SERVICES_DIR ]]; then
-    trash="$SERVICES_DIR.old.$$"
-    mv -T "$SERVICES_DIR" "$trash"
-  fi
-  setsid rm -rf "$trash" "$SERVICES_DIR".old.* </dev/null >/dev/null 2>&1 &
+  # Move the old dir aside now; delete_old_dirs removes it once the services are up, so the
+  # deletion (a second or so of disk work) does not slow the start.
+  if [[ -e $SERVICES_DIR ]]; then mv -T "$SERVICES_DIR" "$SERVICES_DIR.old.$$"; fi
   mkdir -p "$SERVICES_DIR/pids"
   chmod 755 "$SERVICES_DIR"
   : >"$SERVICES_DIR/$MARKER"
+}
+
+delete_old_dirs() {
+  local old
+  for old in "$SERVICES_DIR".old.*; do
+    if [[ -e $old ]]; then setsid rm -rf "$old" </dev/null >/dev/null 2>&1 & fi
+  done
 }
 
 emit() { printf 'export %s=%q\n' "$1" "$2"; }
@@ -539,6 +549,7 @@ start_all() {
   if selected s3; then s3_wait; fi
 
   log "all requested services up in $((SECONDS - t0)) s (dir: $SERVICES_DIR)"
+  delete_old_dirs
   if selected pg; then emit LAKESYNC_PG_URL "postgres://postgres@127.0.0.1:$PG_PORT/postgres"; fi
   if selected mysql; then emit LAKESYNC_MYSQL_URL "mysql://root@127.0.0.1:$MYSQL_PORT/lakesync"; fi
   if selected s3; then

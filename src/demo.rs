@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use arrow::array::{AsArray, RecordBatch};
 use arrow::compute::concat_batches;
 
-use crate::kernel::delta_batch::{deltas_to_batch, delta_schema};
+use crate::kernel::delta_batch::{delta_schema, deltas_to_batch};
 use crate::kernel::merge::merge;
 use crate::kernel::parquet_io::{read_parquet, write_parquet};
 use crate::kernel::rules::{Claims, ClientFilter, SyncRules};
@@ -63,7 +63,8 @@ pub struct DemoSummary {
 pub fn run(options: &DemoOptions) -> Result<DemoSummary> {
     let table = tasks_schema();
     let started = Instant::now();
-    let deltas = Workload::new(options.rows, options.clients, 42).deltas(options.deltas, 1_767_225_600_000);
+    let deltas =
+        Workload::new(options.rows, options.clients, 42).deltas(options.deltas, 1_767_225_600_000);
     let stamp = started.elapsed();
 
     let started = Instant::now();
@@ -94,8 +95,18 @@ pub fn run(options: &DemoOptions) -> Result<DemoSummary> {
         .unwrap_or(0);
     let rules = SyncRules::from_json(DEMO_RULES)?;
     let clients = [
-        ("user-1 in team payments", Claims::new().with("sub", ["user-1"]).with("team", ["payments"])),
-        ("user-2 in teams search and mobile", Claims::new().with("sub", ["user-2"]).with("team", ["search", "mobile"])),
+        (
+            "user-1 in team payments",
+            Claims::new()
+                .with("sub", ["user-1"])
+                .with("team", ["payments"]),
+        ),
+        (
+            "user-2 in teams search and mobile",
+            Claims::new()
+                .with("sub", ["user-2"])
+                .with("team", ["search", "mobile"]),
+        ),
         ("user-3 with no team", Claims::new().with("sub", ["user-3"])),
     ];
     let mut visible = Vec::new();
@@ -107,13 +118,23 @@ pub fn run(options: &DemoOptions) -> Result<DemoSummary> {
     std::fs::create_dir_all(&options.out_dir).map_err(|e| io_error(&options.out_dir, e))?;
     let mut files = Vec::new();
     let all_deltas = concat_batches(&delta_schema(&table), &batches)?;
-    for (name, batch) in [("tasks.deltas.parquet", &all_deltas), ("tasks.state.parquet", &state)] {
+    for (name, batch) in [
+        ("tasks.deltas.parquet", &all_deltas),
+        ("tasks.state.parquet", &state),
+    ] {
         let bytes = write_parquet(std::slice::from_ref(batch))?;
         let path = options.out_dir.join(name);
         std::fs::write(&path, &bytes).map_err(|e| io_error(&path, e))?;
-        let back: usize = read_parquet(bytes.clone())?.iter().map(RecordBatch::num_rows).sum();
+        let back: usize = read_parquet(bytes.clone())?
+            .iter()
+            .map(RecordBatch::num_rows)
+            .sum();
         if back != batch.num_rows() {
-            return Err(Error::internal(format!("{} read back {back} rows of {}", path.display(), batch.num_rows())));
+            return Err(Error::internal(format!(
+                "{} read back {back} rows of {}",
+                path.display(),
+                batch.num_rows()
+            )));
         }
         files.push((path, bytes.len()));
     }
@@ -143,11 +164,35 @@ impl std::fmt::Display for DemoSummary {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let rate = |n: usize, d: Duration| n as f64 / d.as_secs_f64().max(1e-9);
         writeln!(f, "LakeSync kernel demo")?;
-        writeln!(f, "  deltas stamped (HLC + deltaId): {:>9}  {:>12.0} deltas/s", self.deltas, rate(self.deltas, self.stamp))?;
-        writeln!(f, "  Arrow delta batches built:      {:>9}  {:>12.0} deltas/s", self.deltas, rate(self.deltas, self.to_arrow))?;
-        writeln!(f, "  merged (incremental LWW):       {:>9}  {:>12.0} deltas/s", self.deltas, rate(self.deltas, self.merge))?;
-        writeln!(f, "  rows in state: {} ({} live, {} deleted)", self.rows, self.rows - self.deleted, self.deleted)?;
-        writeln!(f, "  sync rules (examples/sync-rules.json), rows each client may see:")?;
+        writeln!(
+            f,
+            "  deltas stamped (HLC + deltaId): {:>9}  {:>12.0} deltas/s",
+            self.deltas,
+            rate(self.deltas, self.stamp)
+        )?;
+        writeln!(
+            f,
+            "  Arrow delta batches built:      {:>9}  {:>12.0} deltas/s",
+            self.deltas,
+            rate(self.deltas, self.to_arrow)
+        )?;
+        writeln!(
+            f,
+            "  merged (incremental LWW):       {:>9}  {:>12.0} deltas/s",
+            self.deltas,
+            rate(self.deltas, self.merge)
+        )?;
+        writeln!(
+            f,
+            "  rows in state: {} ({} live, {} deleted)",
+            self.rows,
+            self.rows - self.deleted,
+            self.deleted
+        )?;
+        writeln!(
+            f,
+            "  sync rules (examples/sync-rules.json), rows each client may see:"
+        )?;
         for (who, n) in &self.visible {
             writeln!(f, "    {who:<36} {n:>8}")?;
         }
@@ -165,7 +210,14 @@ mod tests {
     #[test]
     fn demo_runs_and_is_consistent() {
         let dir = tempfile::tempdir().unwrap();
-        let summary = run(&DemoOptions { deltas: 5_000, rows: 500, clients: 6, batch_size: 700, out_dir: dir.path().into() }).unwrap();
+        let summary = run(&DemoOptions {
+            deltas: 5_000,
+            rows: 500,
+            clients: 6,
+            batch_size: 700,
+            out_dir: dir.path().into(),
+        })
+        .unwrap();
         assert_eq!(summary.deltas, 5_000);
         assert_eq!(summary.rows, 500);
         assert!(summary.deleted > 0 && summary.deleted < 500);

@@ -10,5 +10,11 @@
 pub use lakesync_operators as kernel;
 pub use lakesync_operators::{Error, ErrorKind, Result};
 
+pub mod adapters;
+pub mod build;
+pub mod config;
 pub mod demo;
+pub mod ops;
+pub mod query;
+pub mod runtime;
 pub mod synth;

@@ -1,13 +1,21 @@
 //! The `lakesync` command line.
 
 use std::path::PathBuf;
+use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
+use lakesync::adapters::iceberg::IcebergCatalogConfig;
+use lakesync::config::{Env, load_plan};
+use lakesync::runtime::api::ReadMode;
+use lakesync::runtime::pipeline::{RunOptions, run};
 
 /// LakeSync: declare what data goes where; the engine does the rest.
+///
+/// Pipelines are YAML files (see docs/pipelines.md). `lakesync run` executes them: sources →
+/// operators → sinks, committed in epochs so a restart resumes without loss or duplicates.
 #[derive(Debug, Parser)]
-#[command(name = "lakesync", version, about, long_about = None)]
+#[command(name = "lakesync", version, about, long_about)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -15,8 +23,43 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Run the kernel end to end on a synthetic workload (no servers needed): stamp deltas,
-    /// merge them with column-level LWW, apply sync rules, write Parquet.
+    /// Run pipelines: stream until interrupted (Ctrl-C finishes the in-flight epoch), or with
+    /// `--once` read what is there, commit it, and exit.
+    Run {
+        /// Pipeline files.
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+        /// Backfill: stop when the sources are caught up.
+        #[arg(long)]
+        once: bool,
+        /// How often followed sources look for new data.
+        #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
+        poll_interval: std::time::Duration,
+    },
+    /// Check pipeline files and report every problem with its YAML path.
+    Validate {
+        /// Pipeline files.
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+    },
+    /// Run SQL (DataFusion) over the lake's Iceberg tables, e.g.
+    /// `lakesync query "SELECT count(*) FROM lakesync.tasks"`.
+    Query {
+        /// The SQL statement.
+        sql: String,
+        /// Take the lake from this pipeline's first Iceberg sink.
+        #[arg(long, conflicts_with_all = ["catalog", "warehouse"])]
+        pipeline: Option<PathBuf>,
+        /// The SQL catalogue's SQLite file (default: lake/catalog.sqlite).
+        #[arg(long)]
+        catalog: Option<PathBuf>,
+        /// The warehouse directory (default: lake/warehouse).
+        #[arg(long)]
+        warehouse: Option<PathBuf>,
+    },
+    /// Print the JSON Schema of pipeline files (for editors).
+    Schema,
+    /// Run the kernel end to end on a synthetic workload (no servers needed).
     Demo {
         /// Number of deltas to generate.
         #[arg(long, default_value_t = 200_000)]
@@ -36,19 +79,109 @@ enum Command {
     },
 }
 
-fn main() -> anyhow::Result<()> {
+fn main() -> ExitCode {
     tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()))
         .with_writer(std::io::stderr)
         .init();
-    match Cli::parse().command {
+    match dispatch(Cli::parse().command) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the async runtime")
+}
+
+fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
+    match command {
+        Command::Run { files, once, poll_interval } => {
+            let mode = if once { ReadMode::Once } else { ReadMode::Follow { poll_interval } };
+            runtime()?.block_on(run_files(files, mode))?;
+        }
+        Command::Validate { files } => {
+            let (report, ok) = lakesync::config::validate_files(&files);
+            print!("{report}");
+            if !ok {
+                return Ok(ExitCode::FAILURE);
+            }
+        }
+        Command::Query { sql, pipeline, catalog, warehouse } => {
+            let config = match pipeline {
+                Some(file) => lake_of(&file)?,
+                None => IcebergCatalogConfig::sql(
+                    catalog.unwrap_or_else(|| "lake/catalog.sqlite".into()),
+                    warehouse.unwrap_or_else(|| "lake/warehouse".into()),
+                ),
+            };
+            let batches = runtime()?.block_on(lakesync::query::query(&config, &sql))?;
+            println!("{}", lakesync::query::format_batches(&batches));
+        }
+        Command::Schema => {
+            println!("{}", serde_json::to_string_pretty(&lakesync::config::json_schema())?);
+        }
         Command::Demo { deltas, rows, clients, batch_size, out } => {
             let options = lakesync::demo::DemoOptions { deltas, rows, clients, batch_size, out_dir: out };
             let summary = lakesync::demo::run(&options).context("demo failed")?;
             print!("{summary}");
         }
     }
-    Ok(())
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Runs every file's pipeline concurrently; Ctrl-C asks all of them to finish their epoch.
+async fn run_files(files: Vec<PathBuf>, mode: ReadMode) -> anyhow::Result<()> {
+    let env = Env::process();
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        if tokio::signal::ctrl_c().await.is_ok() {
+            eprintln!("interrupted: finishing the in-flight epoch (Ctrl-C again to abort)");
+            let _ = stop_tx.send(true);
+            if tokio::signal::ctrl_c().await.is_ok() {
+                std::process::exit(130);
+            }
+        }
+    });
+    let mut tasks = Vec::new();
+    for file in files {
+        let plan = load_plan(&file, &env).with_context(|| format!("{} is not a valid pipeline (run `lakesync validate`)", file.display()))?;
+        let graph = lakesync::build::build(&plan).await.with_context(|| format!("building pipeline {:?}", plan.name))?;
+        let mut stop = stop_rx.clone();
+        let options = RunOptions { mode, progress: true };
+        tasks.push(tokio::spawn(async move {
+            let shutdown = async move {
+                let _ = stop.wait_for(|s| *s).await;
+            };
+            run(graph, options, shutdown).await
+        }));
+    }
+    let mut failed = None;
+    for task in tasks {
+        match task.await.context("pipeline task")? {
+            Ok(summary) => print!("{summary}"),
+            Err(e) => {
+                eprintln!("error: {e}");
+                failed = Some(e);
+            }
+        }
+    }
+    match failed {
+        Some(e) => Err(e.into()),
+        None => Ok(()),
+    }
+}
+
+/// The lake of a pipeline's first Iceberg sink.
+fn lake_of(file: &std::path::Path) -> anyhow::Result<IcebergCatalogConfig> {
+    let plan = load_plan(file, &Env::process())?;
+    for (_, spec) in plan.sinks.iter() {
+        if let lakesync::config::spec::SinkSpec::Iceberg(s) = spec {
+            return Ok(lakesync::build::catalog_config(&plan, &s.catalog)?);
+        }
+    }
+    anyhow::bail!("{} has no iceberg sink", file.display())
 }

@@ -87,7 +87,14 @@ impl Workload {
                 DeltaOp::Update => self.some_columns(row),
                 DeltaOp::Delete => Vec::new(),
             };
-            out.push(RowDelta::new(op, "tasks", format!("task-{row:07}"), format!("client-{client:03}"), columns, hlc));
+            out.push(RowDelta::new(
+                op,
+                "tasks",
+                format!("task-{row:07}"),
+                format!("client-{client:03}"),
+                columns,
+                hlc,
+            ));
         }
         out
     }
@@ -100,14 +107,20 @@ impl Workload {
             3 => json!(self.below(5) as i64 + 1),
             4 => json!((self.below(400) as f64) / 8.0),
             5 => json!(self.below(2) == 1),
-            6 => json!(format!("2026-{:02}-{:02}T09:00:00Z", 1 + self.below(12), 1 + self.below(28))),
+            6 => json!(format!(
+                "2026-{:02}-{:02}T09:00:00Z",
+                1 + self.below(12),
+                1 + self.below(28)
+            )),
             _ => json!({"tags": [TEAMS[self.below(TEAMS.len())], "q4"], "points": self.below(13)}),
         }
     }
 
     fn full_row(&mut self, row: usize) -> Vec<ColumnDelta> {
         let names = tasks_schema().column_names();
-        (0..names.len()).map(|c| ColumnDelta::new(names[c].clone(), self.cell(row, c))).collect()
+        (0..names.len())
+            .map(|c| ColumnDelta::new(names[c].clone(), self.cell(row, c)))
+            .collect()
     }
 
     fn some_columns(&mut self, row: usize) -> Vec<ColumnDelta> {

@@ -43,7 +43,9 @@ impl DeltaOp {
             3 => Ok(Self::Delete),
             other => Err(Error::invalid(
                 "delta",
-                format!("unknown or unspecified op code {other} (expected 1 insert, 2 update, 3 delete)"),
+                format!(
+                    "unknown or unspecified op code {other} (expected 1 insert, 2 update, 3 delete)"
+                ),
             )),
         }
     }
@@ -322,7 +324,10 @@ pub fn extract_delta(
                     Some(old) => {
                         let both_containers = matches!(
                             (old, new),
-                            (Value::Object(_) | Value::Array(_), Value::Object(_) | Value::Array(_))
+                            (
+                                Value::Object(_) | Value::Array(_),
+                                Value::Object(_) | Value::Array(_)
+                            )
                         );
                         !(js_object_is(old, new) || both_containers && js_deep_equal(old, new))
                     }
@@ -370,12 +375,20 @@ mod tests {
             ColumnDelta::new("age", json!(30)),
             ColumnDelta::new("active", json!(true)),
         ];
-        let payload = delta_id_payload("client-1", HlcTimestamp(1_000_000), "users", "row-1", &cols);
+        let payload =
+            delta_id_payload("client-1", HlcTimestamp(1_000_000), "users", "row-1", &cols);
         assert_eq!(
             payload,
             r#"{"clientId":"client-1","columns":[{"column":"name","value":"Alice"},{"column":"age","value":30},{"column":"active","value":true}],"hlc":"1000000","rowId":"row-1","table":"users"}"#
         );
-        let d = RowDelta::new(DeltaOp::Insert, "users", "row-1", "client-1", cols, HlcTimestamp(1_000_000));
+        let d = RowDelta::new(
+            DeltaOp::Insert,
+            "users",
+            "row-1",
+            "client-1",
+            cols,
+            HlcTimestamp(1_000_000),
+        );
         assert_eq!(
             d.delta_id.to_string(),
             "ea49110ec03d9efc670f11ed6bab11d07d6de5ed11e6be1da8812d3fdf4da712"
@@ -390,7 +403,10 @@ mod tests {
             r#"{"z":1,"a":[3,{"y":null,"b":"x"}],"10":true,"2":false,"B":"upper"}"#,
         )
         .unwrap();
-        let cols = vec![ColumnDelta::new("meta", meta), ColumnDelta::new("tags", json!(["b", "a"]))];
+        let cols = vec![
+            ColumnDelta::new("meta", meta),
+            ColumnDelta::new("tags", json!(["b", "a"])),
+        ];
         assert_eq!(
             delta_id_payload("client-b", t, "docs", "doc-9", &cols),
             r#"{"clientId":"client-b","columns":[{"column":"meta","value":{"10":true,"2":false,"B":"upper","a":[3,{"b":"x","y":null}],"z":1}},{"column":"tags","value":["b","a"]}],"hlc":"111411200008060928","rowId":"doc-9","table":"docs"}"#
@@ -403,7 +419,13 @@ mod tests {
 
     #[test]
     fn vector_v5_delete() {
-        let id = delta_id("client-c", HlcTimestamp(111_411_200_032_768_008), "todos", "row-2", &[]);
+        let id = delta_id(
+            "client-c",
+            HlcTimestamp(111_411_200_032_768_008),
+            "todos",
+            "row-2",
+            &[],
+        );
         assert_eq!(
             id.to_string(),
             "0d6b23abe18566d42ecf6dc2c15c9e77315b905b28253d65bb48c8ec4b354ad3"
@@ -414,13 +436,29 @@ mod tests {
     fn vector_action_id() {
         let t = hlc(1_700_000_000_000, 1);
         assert_eq!(t.0, 111_411_200_000_000_001);
-        let id = action_id("client-1", t, "slack", "send_message", &json!({"text": "Hello", "channel": "#general"}));
-        assert_eq!(id, "22898c9e4726596d420cfc5a51143ce1304ace1860c79f642564a49026631bd8");
+        let id = action_id(
+            "client-1",
+            t,
+            "slack",
+            "send_message",
+            &json!({"text": "Hello", "channel": "#general"}),
+        );
+        assert_eq!(
+            id,
+            "22898c9e4726596d420cfc5a51143ce1304ace1860c79f642564a49026631bd8"
+        );
     }
 
     #[test]
     fn json_shape_matches_the_original() {
-        let d = RowDelta::new(DeltaOp::Update, "t", "r", "c", vec![ColumnDelta::new("a", json!(1))], HlcTimestamp(5));
+        let d = RowDelta::new(
+            DeltaOp::Update,
+            "t",
+            "r",
+            "c",
+            vec![ColumnDelta::new("a", json!(1))],
+            HlcTimestamp(5),
+        );
         let v = serde_json::to_value(&d).unwrap();
         assert_eq!(v["op"], "UPDATE");
         assert_eq!(v["rowId"], "r");
@@ -437,7 +475,13 @@ mod tests {
     }
 
     fn ctx(columns: Option<&[String]>) -> ExtractContext<'_> {
-        ExtractContext { table: "users", row_id: "row-1", client_id: "client-1", hlc: HlcTimestamp(1_000_000), columns }
+        ExtractContext {
+            table: "users",
+            row_id: "row-1",
+            client_id: "client-1",
+            hlc: HlcTimestamp(1_000_000),
+            columns,
+        }
     }
 
     #[test]
@@ -446,7 +490,10 @@ mod tests {
         let d = extract_delta(None, Some(&after), ctx(None)).unwrap();
         assert_eq!(d.op, DeltaOp::Insert);
         assert_eq!(d.columns.len(), 3);
-        assert_eq!(d.delta_id.to_string(), "ea49110ec03d9efc670f11ed6bab11d07d6de5ed11e6be1da8812d3fdf4da712");
+        assert_eq!(
+            d.delta_id.to_string(),
+            "ea49110ec03d9efc670f11ed6bab11d07d6de5ed11e6be1da8812d3fdf4da712"
+        );
     }
 
     #[test]
@@ -474,7 +521,13 @@ mod tests {
         assert!(extract_delta(Some(&before), Some(&swapped), ctx(None)).is_none());
         let moved = obj(json!({"name": "Alice", "meta": {"city": "Manchester", "country": "UK"}}));
         let d = extract_delta(Some(&before), Some(&moved), ctx(None)).unwrap();
-        assert_eq!(d.columns, vec![ColumnDelta::new("meta", json!({"city": "Manchester", "country": "UK"}))]);
+        assert_eq!(
+            d.columns,
+            vec![ColumnDelta::new(
+                "meta",
+                json!({"city": "Manchester", "country": "UK"})
+            )]
+        );
     }
 
     #[test]
@@ -531,7 +584,10 @@ pub(crate) mod proptests {
         match v {
             Value::Array(items) => Value::Array(items.iter().map(reorder).collect()),
             Value::Object(map) => Value::Object(
-                map.iter().rev().map(|(k, v)| (k.clone(), reorder(v))).collect(),
+                map.iter()
+                    .rev()
+                    .map(|(k, v)| (k.clone(), reorder(v)))
+                    .collect(),
             ),
             other => other.clone(),
         }

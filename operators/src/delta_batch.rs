@@ -32,7 +32,9 @@ use arrow_array::builder::{
     StringBuilder, TimestampMicrosecondBuilder, UInt8Builder, UInt16Builder, UInt64Builder,
 };
 use arrow_array::cast::AsArray;
-use arrow_array::types::{Float64Type, Int64Type, TimestampMicrosecondType, UInt8Type, UInt16Type, UInt64Type};
+use arrow_array::types::{
+    Float64Type, Int64Type, TimestampMicrosecondType, UInt8Type, UInt16Type, UInt64Type,
+};
 use arrow_array::{
     Array, ArrayRef, BooleanArray, FixedSizeBinaryArray, ListArray, PrimitiveArray, RecordBatch,
     StringArray,
@@ -73,9 +75,10 @@ pub fn delta_schema(table: &TableSchema) -> SchemaRef {
         Field::new(SET, set_type(), false),
     ];
     fields.extend(table.columns.iter().map(ColumnDef::arrow_field));
-    Arc::new(Schema::new(fields).with_metadata(
-        [(TABLE_METADATA_KEY.to_string(), table.table.clone())].into(),
-    ))
+    Arc::new(
+        Schema::new(fields)
+            .with_metadata([(TABLE_METADATA_KEY.to_string(), table.table.clone())].into()),
+    )
 }
 
 fn set_type() -> DataType {
@@ -84,10 +87,12 @@ fn set_type() -> DataType {
 
 /// Recovers the table name and data columns from a delta (or state) batch's Arrow schema.
 pub fn table_schema_of(schema: &Schema, reserved: usize) -> Result<TableSchema> {
-    let table = schema
-        .metadata()
-        .get(TABLE_METADATA_KEY)
-        .ok_or_else(|| Error::invalid("delta batch", format!("schema metadata has no {TABLE_METADATA_KEY:?}")))?;
+    let table = schema.metadata().get(TABLE_METADATA_KEY).ok_or_else(|| {
+        Error::invalid(
+            "delta batch",
+            format!("schema metadata has no {TABLE_METADATA_KEY:?}"),
+        )
+    })?;
     let columns = schema
         .fields()
         .iter()
@@ -95,10 +100,20 @@ pub fn table_schema_of(schema: &Schema, reserved: usize) -> Result<TableSchema> 
         .map(|f| {
             let column_type = match f.metadata().get(TYPE_METADATA_KEY) {
                 Some(name) => ColumnType::from_name(name).ok_or_else(|| {
-                    Error::invalid("delta batch", format!("column {:?} has unknown type {name:?}", f.name()))
+                    Error::invalid(
+                        "delta batch",
+                        format!("column {:?} has unknown type {name:?}", f.name()),
+                    )
                 })?,
                 None => infer_type(f.data_type()).ok_or_else(|| {
-                    Error::invalid("delta batch", format!("column {:?} has unsupported type {}", f.name(), f.data_type()))
+                    Error::invalid(
+                        "delta batch",
+                        format!(
+                            "column {:?} has unsupported type {}",
+                            f.name(),
+                            f.data_type()
+                        ),
+                    )
                 })?,
             };
             Ok(ColumnDef::new(f.name().clone(), column_type))
@@ -129,8 +144,13 @@ pub fn deltas_to_batch(table: &TableSchema, deltas: &[RowDelta]) -> Result<Recor
     let mut client_id = StringBuilder::with_capacity(n, n * 16);
     let mut hlc = UInt64Builder::with_capacity(n);
     let mut delta_id = FixedSizeBinaryBuilder::with_capacity(n, 32);
-    let mut set = ListBuilder::new(UInt16Builder::new()).with_field(Arc::new(Field::new_list_field(DataType::UInt16, false)));
-    let mut data: Vec<ValueBuilder> = table.columns.iter().map(|c| ValueBuilder::new(c.column_type, n)).collect();
+    let mut set = ListBuilder::new(UInt16Builder::new())
+        .with_field(Arc::new(Field::new_list_field(DataType::UInt16, false)));
+    let mut data: Vec<ValueBuilder> = table
+        .columns
+        .iter()
+        .map(|c| ValueBuilder::new(c.column_type, n))
+        .collect();
     let mut cells: Vec<Option<&Value>> = vec![None; table.columns.len()];
 
     for delta in deltas {
@@ -143,7 +163,10 @@ pub fn deltas_to_batch(table: &TableSchema, deltas: &[RowDelta]) -> Result<Recor
         if delta.op == DeltaOp::Delete && !delta.columns.is_empty() {
             return Err(Error::invalid(
                 "delta",
-                format!("DELETE delta {} of row {:?} carries columns; a DELETE sets none", delta.delta_id, delta.row_id),
+                format!(
+                    "DELETE delta {} of row {:?} carries columns; a DELETE sets none",
+                    delta.delta_id, delta.row_id
+                ),
             ));
         }
         cells.iter_mut().for_each(|c| *c = None);
@@ -225,9 +248,15 @@ impl<'a> DeltaColumns<'a> {
             return Err(bad("fewer columns than the reserved delta columns"));
         }
         let schema = batch.schema_ref();
-        for (i, name) in [OP, ROW_ID, CLIENT_ID, HLC, DELTA_ID, SET].iter().enumerate() {
+        for (i, name) in [OP, ROW_ID, CLIENT_ID, HLC, DELTA_ID, SET]
+            .iter()
+            .enumerate()
+        {
             if schema.field(i).name() != name {
-                return Err(bad(&format!("column {i} is {:?}, expected {name:?}", schema.field(i).name())));
+                return Err(bad(&format!(
+                    "column {i} is {:?}, expected {name:?}",
+                    schema.field(i).name()
+                )));
             }
             if columns[i].null_count() > 0 {
                 return Err(bad(&format!("column {name:?} has nulls")));
@@ -236,7 +265,9 @@ impl<'a> DeltaColumns<'a> {
         let client_id = match columns[2].data_type() {
             DataType::Utf8 => columns[2].as_string::<i32>().clone(),
             DataType::Dictionary(_, value) if **value == DataType::Utf8 => {
-                arrow_cast::cast(&columns[2], &DataType::Utf8)?.as_string::<i32>().clone()
+                arrow_cast::cast(&columns[2], &DataType::Utf8)?
+                    .as_string::<i32>()
+                    .clone()
             }
             other => return Err(bad(&format!("_client_id has type {other}"))),
         };
@@ -244,7 +275,11 @@ impl<'a> DeltaColumns<'a> {
             if columns[i].data_type() == &t {
                 Ok(())
             } else {
-                Err(bad(&format!("column {:?} has type {}, expected {t}", schema.field(i).name(), columns[i].data_type())))
+                Err(bad(&format!(
+                    "column {:?} has type {}, expected {t}",
+                    schema.field(i).name(),
+                    columns[i].data_type()
+                )))
             }
         };
         typed(0, DataType::UInt8)?;
@@ -259,8 +294,15 @@ impl<'a> DeltaColumns<'a> {
             .as_primitive_opt::<UInt16Type>()
             .ok_or_else(|| bad("_set is not a list of UInt16"))?;
         let n_data = columns.len() - RESERVED;
-        if set_positions.null_count() > 0 || set_positions.values().iter().any(|&p| usize::from(p) >= n_data) {
-            return Err(bad(&format!("_set lists a position outside the {n_data} data columns")));
+        if set_positions.null_count() > 0
+            || set_positions
+                .values()
+                .iter()
+                .any(|&p| usize::from(p) >= n_data)
+        {
+            return Err(bad(&format!(
+                "_set lists a position outside the {n_data} data columns"
+            )));
         }
         Ok(Self {
             op: columns[0].as_primitive(),
@@ -294,7 +336,10 @@ pub fn batch_to_deltas(batch: &RecordBatch) -> Result<Vec<RowDelta>> {
             .map(|&pos| {
                 let pos = usize::from(pos);
                 let def = &table.columns[pos];
-                Ok(ColumnDelta::new(def.name.clone(), cell_to_json(&cols.data[pos], i, def.column_type)?))
+                Ok(ColumnDelta::new(
+                    def.name.clone(),
+                    cell_to_json(&cols.data[pos], i, def.column_type)?,
+                ))
             })
             .collect::<Result<Vec<_>>>()?;
         let mut id = [0u8; 32];
@@ -317,19 +362,48 @@ pub fn cell_to_json(array: &ArrayRef, i: usize, column_type: ColumnType) -> Resu
     if array.is_null(i) {
         return Ok(Value::Null);
     }
-    let mismatch = || Error::invalid("delta batch", format!("a {} column has Arrow type {}", column_type.name(), array.data_type()));
+    let mismatch = || {
+        Error::invalid(
+            "delta batch",
+            format!(
+                "a {} column has Arrow type {}",
+                column_type.name(),
+                array.data_type()
+            ),
+        )
+    };
     Ok(match column_type {
-        ColumnType::String => Value::String(array.as_string_opt::<i32>().ok_or_else(mismatch)?.value(i).to_string()),
-        ColumnType::Number => number_to_json(array.as_primitive_opt::<Float64Type>().ok_or_else(mismatch)?.value(i)),
-        ColumnType::Integer => Value::from(array.as_primitive_opt::<Int64Type>().ok_or_else(mismatch)?.value(i)),
+        ColumnType::String => Value::String(
+            array
+                .as_string_opt::<i32>()
+                .ok_or_else(mismatch)?
+                .value(i)
+                .to_string(),
+        ),
+        ColumnType::Number => number_to_json(
+            array
+                .as_primitive_opt::<Float64Type>()
+                .ok_or_else(mismatch)?
+                .value(i),
+        ),
+        ColumnType::Integer => Value::from(
+            array
+                .as_primitive_opt::<Int64Type>()
+                .ok_or_else(mismatch)?
+                .value(i),
+        ),
         ColumnType::Boolean => Value::Bool(array.as_boolean_opt().ok_or_else(mismatch)?.value(i)),
         ColumnType::Timestamp => {
-            let micros = array.as_primitive_opt::<TimestampMicrosecondType>().ok_or_else(mismatch)?.value(i);
+            let micros = array
+                .as_primitive_opt::<TimestampMicrosecondType>()
+                .ok_or_else(mismatch)?
+                .value(i);
             Value::String(format_timestamp(micros)?)
         }
         ColumnType::Json | ColumnType::Null => {
             let text = array.as_string_opt::<i32>().ok_or_else(mismatch)?.value(i);
-            serde_json::from_str(text).map_err(|e| Error::invalid("delta batch", format!("json cell is not JSON: {e}")))?
+            serde_json::from_str(text)
+                .map_err(|e| Error::invalid("delta batch", format!("json cell is not JSON: {e}")))?
         }
     })
 }
@@ -346,14 +420,21 @@ pub fn number_to_json(f: f64) -> Value {
 
 /// Parses RFC 3339 text to microseconds since the epoch.
 pub fn parse_timestamp(text: &str) -> Option<i64> {
-    DateTime::parse_from_rfc3339(text).ok().map(|t| t.timestamp_micros())
+    DateTime::parse_from_rfc3339(text)
+        .ok()
+        .map(|t| t.timestamp_micros())
 }
 
 /// Formats microseconds since the epoch as RFC 3339 in UTC with the shortest exact fraction.
 pub fn format_timestamp(micros: i64) -> Result<String> {
     DateTime::<Utc>::from_timestamp_micros(micros)
         .map(|t| t.to_rfc3339_opts(SecondsFormat::AutoSi, true))
-        .ok_or_else(|| Error::invalid("delta batch", format!("timestamp {micros} µs is out of range")))
+        .ok_or_else(|| {
+            Error::invalid(
+                "delta batch",
+                format!("timestamp {micros} µs is out of range"),
+            )
+        })
 }
 
 /// A builder for one data column, fed JSON values.
@@ -370,13 +451,15 @@ impl ValueBuilder {
     fn new(column_type: ColumnType, capacity: usize) -> Self {
         match column_type {
             ColumnType::String => Self::Utf8(StringBuilder::with_capacity(capacity, capacity * 8)),
-            ColumnType::Json | ColumnType::Null => Self::Json(StringBuilder::with_capacity(capacity, capacity * 8)),
+            ColumnType::Json | ColumnType::Null => {
+                Self::Json(StringBuilder::with_capacity(capacity, capacity * 8))
+            }
             ColumnType::Number => Self::Float(Float64Builder::with_capacity(capacity)),
             ColumnType::Integer => Self::Int(Int64Builder::with_capacity(capacity)),
             ColumnType::Boolean => Self::Bool(BooleanBuilder::with_capacity(capacity)),
-            ColumnType::Timestamp => {
-                Self::Timestamp(TimestampMicrosecondBuilder::with_capacity(capacity).with_timezone("UTC"))
-            }
+            ColumnType::Timestamp => Self::Timestamp(
+                TimestampMicrosecondBuilder::with_capacity(capacity).with_timezone("UTC"),
+            ),
         }
     }
 
@@ -395,7 +478,9 @@ impl ValueBuilder {
             (Self::Json(b), v) => b.append_value(v.to_string()),
             (Self::Float(b), Value::Number(n)) => b.append_value(n.as_f64().ok_or("a number")?),
             (Self::Float(_), _) => return Err("a number"),
-            (Self::Int(b), Value::Number(n)) => b.append_value(as_integer(n).ok_or("a 64-bit integer")?),
+            (Self::Int(b), Value::Number(n)) => {
+                b.append_value(as_integer(n).ok_or("a 64-bit integer")?)
+            }
             (Self::Int(_), _) => return Err("a 64-bit integer"),
             (Self::Bool(b), Value::Bool(x)) => b.append_value(*x),
             (Self::Bool(_), _) => return Err("a boolean"),
@@ -434,7 +519,8 @@ fn as_integer(n: &serde_json::Number) -> Option<i64> {
     }
     let f = n.as_f64()?;
     // Integral doubles in i64 range (2^63 itself is out of range).
-    (f.fract() == 0.0 && f >= -9.223_372_036_854_775_808e18 && f < 9.223_372_036_854_775_808e18).then_some(f as i64)
+    (f.fract() == 0.0 && f >= -9.223_372_036_854_775_808e18 && f < 9.223_372_036_854_775_808e18)
+        .then_some(f as i64)
 }
 
 /// Whether `array` is an all-`true` boolean array (helper for tests and callers).
@@ -463,16 +549,42 @@ pub(crate) mod tests {
     }
 
     fn delta(op: DeltaOp, row: &str, cols: Vec<(&str, Value)>, hlc: u64) -> RowDelta {
-        let cols = cols.into_iter().map(|(c, v)| ColumnDelta::new(c, v)).collect();
+        let cols = cols
+            .into_iter()
+            .map(|(c, v)| ColumnDelta::new(c, v))
+            .collect();
         RowDelta::new(op, "todos", row, "client-a", cols, HlcTimestamp(hlc))
     }
 
     #[test]
     fn round_trip_keeps_order_nulls_and_untouched_columns() {
         let deltas = vec![
-            delta(DeltaOp::Insert, "r1", vec![("meta", json!({"b": 1, "a": [1, 2.5]})), ("title", json!("hi")), ("done", json!(false))], 10),
-            delta(DeltaOp::Update, "r1", vec![("title", Value::Null), ("priority", json!(7)), ("score", json!(0.1))], 11),
-            delta(DeltaOp::Update, "r2", vec![("due", json!("2026-11-26T10:00:00.123456Z"))], 12),
+            delta(
+                DeltaOp::Insert,
+                "r1",
+                vec![
+                    ("meta", json!({"b": 1, "a": [1, 2.5]})),
+                    ("title", json!("hi")),
+                    ("done", json!(false)),
+                ],
+                10,
+            ),
+            delta(
+                DeltaOp::Update,
+                "r1",
+                vec![
+                    ("title", Value::Null),
+                    ("priority", json!(7)),
+                    ("score", json!(0.1)),
+                ],
+                11,
+            ),
+            delta(
+                DeltaOp::Update,
+                "r2",
+                vec![("due", json!("2026-11-26T10:00:00.123456Z"))],
+                12,
+            ),
             delta(DeltaOp::Delete, "r2", vec![], 13),
         ];
         let batch = deltas_to_batch(&todos(), &deltas).unwrap();
@@ -493,20 +605,32 @@ pub(crate) mod tests {
     #[test]
     fn wrong_types_and_unknown_columns_are_clear_errors() {
         let cases = [
-            (vec![("title", json!(42))], "column \"title\" is a string, got 42"),
+            (
+                vec![("title", json!(42))],
+                "column \"title\" is a string, got 42",
+            ),
             (vec![("priority", json!(1.5))], "a 64-bit integer"),
             (vec![("due", json!("yesterday"))], "RFC 3339"),
             (vec![("nope", json!(1))], "Unknown column \"nope\""),
         ];
         for (cols, needle) in cases {
-            let err = deltas_to_batch(&todos(), &[delta(DeltaOp::Update, "r", cols, 1)]).unwrap_err().to_string();
+            let err = deltas_to_batch(&todos(), &[delta(DeltaOp::Update, "r", cols, 1)])
+                .unwrap_err()
+                .to_string();
             assert!(err.contains(needle), "{err}");
         }
         let mut other = delta(DeltaOp::Insert, "r", vec![], 1);
         other.table = "notes".into();
-        assert!(deltas_to_batch(&todos(), &[other]).unwrap_err().to_string().contains("\"notes\""));
+        assert!(
+            deltas_to_batch(&todos(), &[other])
+                .unwrap_err()
+                .to_string()
+                .contains("\"notes\"")
+        );
         let mut bad_delete = delta(DeltaOp::Delete, "r", vec![], 1);
-        bad_delete.columns.push(ColumnDelta::new("title", json!("x")));
+        bad_delete
+            .columns
+            .push(ColumnDelta::new("title", json!("x")));
         assert!(deltas_to_batch(&todos(), &[bad_delete]).is_err());
     }
 
@@ -521,15 +645,31 @@ pub(crate) mod tests {
 
     #[test]
     fn dictionary_client_ids_are_accepted() {
-        let batch = deltas_to_batch(&todos(), &[delta(DeltaOp::Insert, "r", vec![("title", json!("x"))], 1)]).unwrap();
-        let dict = arrow_cast::cast(batch.column(2), &DataType::Dictionary(Box::new(DataType::Int32), Box::new(DataType::Utf8))).unwrap();
-        let mut fields: Vec<Field> = batch.schema().fields().iter().map(|f| f.as_ref().clone()).collect();
+        let batch = deltas_to_batch(
+            &todos(),
+            &[delta(DeltaOp::Insert, "r", vec![("title", json!("x"))], 1)],
+        )
+        .unwrap();
+        let dict = arrow_cast::cast(
+            batch.column(2),
+            &DataType::Dictionary(Box::new(DataType::Int32), Box::new(DataType::Utf8)),
+        )
+        .unwrap();
+        let mut fields: Vec<Field> = batch
+            .schema()
+            .fields()
+            .iter()
+            .map(|f| f.as_ref().clone())
+            .collect();
         fields[2] = Field::new(CLIENT_ID, dict.data_type().clone(), false);
         let mut columns = batch.columns().to_vec();
         columns[2] = dict;
         let schema = Schema::new(fields).with_metadata(batch.schema().metadata().clone());
         let dict_batch = RecordBatch::try_new(Arc::new(schema), columns).unwrap();
-        assert_eq!(batch_to_deltas(&dict_batch).unwrap()[0].client_id, "client-a");
+        assert_eq!(
+            batch_to_deltas(&dict_batch).unwrap()[0].client_id,
+            "client-a"
+        );
     }
 }
 
@@ -548,7 +688,10 @@ mod proptests {
             0 => "\\PC{0,10}".prop_map(Value::String).boxed(),
             1 => any::<bool>().prop_map(Value::Bool).boxed(),
             2 => any::<i64>().prop_map(Value::from).boxed(),
-            3 => any::<f64>().prop_filter("finite", |f| f.is_finite()).prop_map(number_to_json).boxed(),
+            3 => any::<f64>()
+                .prop_filter("finite", |f| f.is_finite())
+                .prop_map(number_to_json)
+                .boxed(),
             4 => (-62_135_596_800_000_000i64..253_402_300_799_999_999)
                 .prop_map(|us| Value::String(format_timestamp(us).unwrap_or_default()))
                 .boxed(),
@@ -558,21 +701,45 @@ mod proptests {
     }
 
     fn delta() -> impl Strategy<Value = RowDelta> {
-        let cols = Just((0..6usize).collect::<Vec<_>>()).prop_shuffle().prop_flat_map(|order| {
-            (0..=6usize).prop_flat_map(move |k| {
-                let picked: Vec<usize> = order[..k].to_vec();
-                picked.iter().map(|&p| cell(p).prop_map(move |v| (p, v))).collect::<Vec<_>>()
+        let cols = Just((0..6usize).collect::<Vec<_>>())
+            .prop_shuffle()
+            .prop_flat_map(|order| {
+                (0..=6usize).prop_flat_map(move |k| {
+                    let picked: Vec<usize> = order[..k].to_vec();
+                    picked
+                        .iter()
+                        .map(|&p| cell(p).prop_map(move |v| (p, v)))
+                        .collect::<Vec<_>>()
+                })
+            });
+        (
+            any::<bool>(),
+            "[a-z0-9]{1,8}",
+            "\\PC{0,6}",
+            any::<u64>(),
+            cols,
+        )
+            .prop_map(|(delete, row, client, hlc, cols)| {
+                let names = ["title", "done", "priority", "score", "due", "meta"];
+                let (op, cols) = if delete {
+                    (DeltaOp::Delete, vec![])
+                } else {
+                    (
+                        DeltaOp::Update,
+                        cols.into_iter()
+                            .map(|(p, v)| ColumnDelta::new(names[p], v))
+                            .collect(),
+                    )
+                };
+                RowDelta::new(
+                    op,
+                    "todos",
+                    row,
+                    client,
+                    cols,
+                    crate::hlc::HlcTimestamp(hlc),
+                )
             })
-        });
-        (any::<bool>(), "[a-z0-9]{1,8}", "\\PC{0,6}", any::<u64>(), cols).prop_map(|(delete, row, client, hlc, cols)| {
-            let names = ["title", "done", "priority", "score", "due", "meta"];
-            let (op, cols) = if delete {
-                (DeltaOp::Delete, vec![])
-            } else {
-                (DeltaOp::Update, cols.into_iter().map(|(p, v)| ColumnDelta::new(names[p], v)).collect())
-            };
-            RowDelta::new(op, "todos", row, client, cols, crate::hlc::HlcTimestamp(hlc))
-        })
     }
 
     proptest! {

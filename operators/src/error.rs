@@ -111,9 +111,10 @@ impl Error {
     /// The kind of failure, for callers that branch on it.
     pub fn kind(&self) -> ErrorKind {
         match self {
-            Self::Invalid { .. } | Self::ClockDrift { .. } | Self::Schema(_) | Self::Conflict(_) => {
-                ErrorKind::User
-            }
+            Self::Invalid { .. }
+            | Self::ClockDrift { .. }
+            | Self::Schema(_)
+            | Self::Conflict(_) => ErrorKind::User,
             Self::External { retryable, .. } => ErrorKind::External {
                 retryable: *retryable,
             },

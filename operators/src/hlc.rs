@@ -91,7 +91,10 @@ impl std::str::FromStr for HlcTimestamp {
             ));
         }
         s.parse::<u64>().map(Self).map_err(|_| {
-            Error::invalid("hlc", format!("{s:?} does not fit in an unsigned 64-bit HLC"))
+            Error::invalid(
+                "hlc",
+                format!("{s:?} does not fit in an unsigned 64-bit HLC"),
+            )
         })
     }
 }
@@ -352,7 +355,10 @@ mod tests {
     fn vector_j_encode_decode_extremes() {
         let max = hlc(MAX_WALL_MS, 65_535);
         assert_eq!(max.0, u64::MAX);
-        assert_eq!((max.wall_ms(), max.counter()), (281_474_976_710_655, 65_535));
+        assert_eq!(
+            (max.wall_ms(), max.counter()),
+            (281_474_976_710_655, 65_535)
+        );
         assert_eq!(hlc(0, 0).0, 0);
         assert_eq!(hlc(1_000_000, 0).0, 65_536_000_000);
         assert!(HlcTimestamp::new(MAX_WALL_MS + 1, 0).is_err());

@@ -186,8 +186,7 @@ pub fn js_deep_equal(a: &Value, b: &Value) -> bool {
 
 fn objects_equal(x: &Map<String, Value>, y: &Map<String, Value>) -> bool {
     x.len() == y.len()
-        && x
-            .iter()
+        && x.iter()
             .all(|(k, v)| y.get(k).is_some_and(|w| js_deep_equal(v, w)))
 }
 
@@ -256,7 +255,8 @@ mod tests {
 
     #[test]
     fn keys_sorted_by_utf16_code_units_at_every_level() {
-        let v = json!({"z": 1, "a": [3, {"y": null, "b": "x"}], "10": true, "2": false, "B": "upper"});
+        let v =
+            json!({"z": 1, "a": [3, {"y": null, "b": "x"}], "10": true, "2": false, "B": "upper"});
         assert_eq!(
             to_stable_string(&v),
             r#"{"10":true,"2":false,"B":"upper","a":[3,{"b":"x","y":null}],"z":1}"#
@@ -269,16 +269,27 @@ mod tests {
 
     #[test]
     fn object_is_and_deep_equal() {
-        assert!(!js_object_is(&json!(0.0), &serde_json::from_str("-0.0").unwrap()));
-        assert!(js_object_is(&json!(1), &serde_json::from_str("1.0").unwrap()));
-        assert!(js_deep_equal(&json!({"a": 1, "b": [1, 2]}), &json!({"b": [1.0, 2], "a": 1})));
+        assert!(!js_object_is(
+            &json!(0.0),
+            &serde_json::from_str("-0.0").unwrap()
+        ));
+        assert!(js_object_is(
+            &json!(1),
+            &serde_json::from_str("1.0").unwrap()
+        ));
+        assert!(js_deep_equal(
+            &json!({"a": 1, "b": [1, 2]}),
+            &json!({"b": [1.0, 2], "a": 1})
+        ));
         assert!(!js_deep_equal(&json!([1, 2]), &json!([2, 1])));
     }
 
     #[test]
     fn javascript_key_order() {
         let v: Value = serde_json::from_str(r#"{"b":1,"10":2,"a":3,"2":4,"01":5}"#).unwrap();
-        let Value::Object(map) = v else { unreachable!() };
+        let Value::Object(map) = v else {
+            unreachable!()
+        };
         let keys: Vec<&str> = js_key_order(&map).into_iter().map(String::as_str).collect();
         assert_eq!(keys, ["2", "10", "b", "a", "01"]);
     }

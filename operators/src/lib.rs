@@ -17,6 +17,7 @@ pub mod error;
 pub mod filter;
 pub mod hlc;
 pub mod json;
+pub mod materialise;
 pub mod merge;
 pub mod parquet_io;
 pub mod proto;

@@ -20,7 +20,9 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use arrow_array::builder::{BinaryBuilder, BooleanBuilder, ListBuilder, StringBuilder, UInt64Builder};
+use arrow_array::builder::{
+    BinaryBuilder, BooleanBuilder, ListBuilder, StringBuilder, UInt64Builder,
+};
 use arrow_array::cast::AsArray;
 use arrow_array::types::UInt64Type;
 use arrow_array::{Array, ArrayRef, BinaryArray, ListArray, RecordBatch, new_null_array};
@@ -38,9 +40,16 @@ use crate::state::{self, ClientKey, Version, state_schema};
 /// Rows appear in order of first appearance (prior rows first). Delta and prior batches may have
 /// been written under an older version of the schema (fewer trailing columns); the output has the
 /// columns of `table`.
-pub fn merge(table: &TableSchema, prior: Option<&RecordBatch>, deltas: &[RecordBatch]) -> Result<RecordBatch> {
+pub fn merge(
+    table: &TableSchema,
+    prior: Option<&RecordBatch>,
+    deltas: &[RecordBatch],
+) -> Result<RecordBatch> {
     let n_cols = table.columns.len();
-    let views = deltas.iter().map(DeltaColumns::new).collect::<Result<Vec<_>>>()?;
+    let views = deltas
+        .iter()
+        .map(DeltaColumns::new)
+        .collect::<Result<Vec<_>>>()?;
     for view in &views {
         check_data_columns(table, view.data, "delta batch")?;
     }
@@ -52,7 +61,8 @@ pub fn merge(table: &TableSchema, prior: Option<&RecordBatch>, deltas: &[RecordB
     let mut merger = Merger {
         n_cols,
         index: HashMap::with_capacity_and_hasher(
-            deltas.iter().map(RecordBatch::num_rows).sum::<usize>() / 2 + prior.as_ref().map_or(0, |p| p.len()),
+            deltas.iter().map(RecordBatch::num_rows).sum::<usize>() / 2
+                + prior.as_ref().map_or(0, |p| p.len()),
             RandomState::default(),
         ),
         rows: Vec::new(),
@@ -73,9 +83,17 @@ pub fn merge(table: &TableSchema, prior: Option<&RecordBatch>, deltas: &[RecordB
     let mut sources: Vec<Vec<ArrayRef>> = Vec::with_capacity(n_cols);
     for (pos, def) in table.columns.iter().enumerate() {
         let data_type = def.column_type.arrow_type();
-        let column = |data: &[ArrayRef]| data.get(pos).cloned().unwrap_or_else(|| new_null_array(&data_type, 1));
+        let column = |data: &[ArrayRef]| {
+            data.get(pos)
+                .cloned()
+                .unwrap_or_else(|| new_null_array(&data_type, 1))
+        };
         let mut list: Vec<ArrayRef> = views.iter().map(|v| column(v.data)).collect();
-        list.push(prior.as_ref().map_or_else(|| new_null_array(&data_type, 1), |p| column(p.data)));
+        list.push(
+            prior
+                .as_ref()
+                .map_or_else(|| new_null_array(&data_type, 1), |p| column(p.data)),
+        );
         list.push(new_null_array(&data_type, 1)); // the "no value" source
         sources.push(list);
     }
@@ -139,7 +157,12 @@ impl<'a> Merger<'a> {
         let next = self.rows.len();
         let slot = *self.index.entry(row_id).or_insert(next);
         if slot == next {
-            self.rows.push(Row { row_id, max_hlc: 0, live: None, delete: None });
+            self.rows.push(Row {
+                row_id,
+                max_hlc: 0,
+                live: None,
+                delete: None,
+            });
             self.winners.resize(self.winners.len() + self.n_cols, None);
         }
         slot
@@ -167,7 +190,15 @@ impl<'a> Merger<'a> {
         }
         newer(&mut row.live, version);
         for &pos in view.set_of(i) {
-            self.offer(slot, usize::from(pos), Winner { version, source, row: i as u32 });
+            self.offer(
+                slot,
+                usize::from(pos),
+                Winner {
+                    version,
+                    source,
+                    row: i as u32,
+                },
+            );
         }
         Ok(())
     }
@@ -175,7 +206,11 @@ impl<'a> Merger<'a> {
     fn add_prior_row(&mut self, prior: &'a PriorState<'a>, source: u32, j: usize) -> Result<()> {
         let slot = self.slot(prior.row_id.value(j));
         let key = |array: &'a BinaryArray| -> Result<Option<Version<'a>>> {
-            if array.is_null(j) { Ok(None) } else { Version::from_key(array.value(j)).map(Some) }
+            if array.is_null(j) {
+                Ok(None)
+            } else {
+                Version::from_key(array.value(j)).map(Some)
+            }
         };
         let (live, delete) = (key(prior.live)?, key(prior.delete)?);
         let row = &mut self.rows[slot];
@@ -191,7 +226,15 @@ impl<'a> Merger<'a> {
         for (pos, k) in (start..end).enumerate().take(self.n_cols) {
             if prior.col_keys.is_valid(k) {
                 let version = Version::from_key(prior.col_keys.value(k))?;
-                self.offer(slot, pos, Winner { version, source, row: j as u32 });
+                self.offer(
+                    slot,
+                    pos,
+                    Winner {
+                        version,
+                        source,
+                        row: j as u32,
+                    },
+                );
             }
         }
         Ok(())
@@ -204,7 +247,10 @@ impl<'a> Merger<'a> {
         let mut deleted = BooleanBuilder::with_capacity(n);
         let mut live = BinaryBuilder::with_capacity(n, n * 56);
         let mut delete = BinaryBuilder::with_capacity(n, 0);
-        let mut col_versions = ListBuilder::new(BinaryBuilder::with_capacity(n * self.n_cols, n * self.n_cols * 56));
+        let mut col_versions = ListBuilder::new(BinaryBuilder::with_capacity(
+            n * self.n_cols,
+            n * self.n_cols * 56,
+        ));
         let mut gather: Vec<Vec<(usize, usize)>> = vec![Vec::with_capacity(n); self.n_cols];
         let mut key = Vec::with_capacity(64);
         let none_source = sources.first().map_or(0, |s| s.len() - 1);
@@ -223,7 +269,8 @@ impl<'a> Merger<'a> {
                 let winner = self.winners[slot * self.n_cols + pos]
                     .filter(|w| row.delete.is_none_or(|d| w.version > d));
                 append_key(col_versions.values(), winner.map(|w| w.version), &mut key);
-                target.push(winner.map_or((none_source, 0), |w| (w.source as usize, w.row as usize)));
+                target
+                    .push(winner.map_or((none_source, 0), |w| (w.source as usize, w.row as usize)));
             }
             col_versions.append(true);
         }
@@ -270,22 +317,45 @@ impl<'a> PriorState<'a> {
     fn new(batch: &'a RecordBatch) -> Result<Self> {
         let bad = |what: String| Error::invalid("state batch", what);
         let c = batch.columns();
-        let names = [state::ROW_ID, state::HLC, state::DELETED, state::LIVE_VERSION, state::DELETE_VERSION, state::COL_VERSIONS];
+        let names = [
+            state::ROW_ID,
+            state::HLC,
+            state::DELETED,
+            state::LIVE_VERSION,
+            state::DELETE_VERSION,
+            state::COL_VERSIONS,
+        ];
         if c.len() < state::RESERVED {
             return Err(bad("fewer columns than the reserved state columns".into()));
         }
         for (i, name) in names.iter().enumerate() {
             if batch.schema_ref().field(i).name() != name {
-                return Err(bad(format!("column {i} is {:?}, expected {name:?}", batch.schema_ref().field(i).name())));
+                return Err(bad(format!(
+                    "column {i} is {:?}, expected {name:?}",
+                    batch.schema_ref().field(i).name()
+                )));
             }
         }
-        let col_versions = c[5].as_list_opt::<i32>().ok_or_else(|| bad("_col_versions is not a list".into()))?;
+        let col_versions = c[5]
+            .as_list_opt::<i32>()
+            .ok_or_else(|| bad("_col_versions is not a list".into()))?;
         Ok(Self {
-            row_id: c[0].as_string_opt().ok_or_else(|| bad("_row_id is not Utf8".into()))?,
-            hlc: c[1].as_primitive_opt().ok_or_else(|| bad("_hlc is not UInt64".into()))?,
-            live: c[3].as_binary_opt().ok_or_else(|| bad("_live_version is not Binary".into()))?,
-            delete: c[4].as_binary_opt().ok_or_else(|| bad("_delete_version is not Binary".into()))?,
-            col_keys: col_versions.values().as_binary_opt().ok_or_else(|| bad("_col_versions is not a list of Binary".into()))?,
+            row_id: c[0]
+                .as_string_opt()
+                .ok_or_else(|| bad("_row_id is not Utf8".into()))?,
+            hlc: c[1]
+                .as_primitive_opt()
+                .ok_or_else(|| bad("_hlc is not UInt64".into()))?,
+            live: c[3]
+                .as_binary_opt()
+                .ok_or_else(|| bad("_live_version is not Binary".into()))?,
+            delete: c[4]
+                .as_binary_opt()
+                .ok_or_else(|| bad("_delete_version is not Binary".into()))?,
+            col_keys: col_versions
+                .values()
+                .as_binary_opt()
+                .ok_or_else(|| bad("_col_versions is not a list of Binary".into()))?,
             col_versions,
             data: &c[state::RESERVED..],
         })
@@ -322,7 +392,10 @@ mod tests {
     }
 
     fn d(op: DeltaOp, row: &str, client: &str, hlc: u64, cols: Vec<(&str, Value)>) -> RowDelta {
-        let cols = cols.into_iter().map(|(c, v)| ColumnDelta::new(c, v)).collect();
+        let cols = cols
+            .into_iter()
+            .map(|(c, v)| ColumnDelta::new(c, v))
+            .collect();
         RowDelta::new(op, "todos", row, client, cols, HlcTimestamp(hlc))
     }
 
@@ -339,7 +412,11 @@ mod tests {
             let mut cols = BTreeMap::new();
             for (pos, def) in table.columns.iter().enumerate() {
                 if pos < held.len() && held.is_valid(pos) {
-                    cols.insert(def.name.clone(), cell_to_json(state.column(state::RESERVED + pos), i, def.column_type).unwrap());
+                    cols.insert(
+                        def.name.clone(),
+                        cell_to_json(state.column(state::RESERVED + pos), i, def.column_type)
+                            .unwrap(),
+                    );
                 }
             }
             out.insert(rows.value(i).to_string(), (deleted.value(i), cols));
@@ -354,17 +431,38 @@ mod tests {
     }
 
     fn cols(pairs: &[(&str, Value)]) -> BTreeMap<String, Value> {
-        pairs.iter().map(|(k, v)| (k.to_string(), v.clone())).collect()
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.clone()))
+            .collect()
     }
 
     #[test]
     fn vector_same_hlc_different_columns_merge() {
         let t = hlc(2_000_000, 0);
         let v = merged(&[
-            d(DeltaOp::Update, "row-1", "client-a", t, vec![("title", json!("Local Title"))]),
-            d(DeltaOp::Update, "row-1", "client-b", t, vec![("done", json!(true))]),
+            d(
+                DeltaOp::Update,
+                "row-1",
+                "client-a",
+                t,
+                vec![("title", json!("Local Title"))],
+            ),
+            d(
+                DeltaOp::Update,
+                "row-1",
+                "client-b",
+                t,
+                vec![("done", json!(true))],
+            ),
         ]);
-        assert_eq!(v["row-1"], (false, cols(&[("title", json!("Local Title")), ("done", json!(true))])));
+        assert_eq!(
+            v["row-1"],
+            (
+                false,
+                cols(&[("title", json!("Local Title")), ("done", json!(true))])
+            )
+        );
     }
 
     #[test]
@@ -372,8 +470,20 @@ mod tests {
         let t = hlc(1_500_000, 5);
         for order in [[0, 1], [1, 0]] {
             let ds = [
-                d(DeltaOp::Update, "row-1", "client-a", t, vec![("title", json!("A value"))]),
-                d(DeltaOp::Update, "row-1", "client-b", t, vec![("title", json!("B value"))]),
+                d(
+                    DeltaOp::Update,
+                    "row-1",
+                    "client-a",
+                    t,
+                    vec![("title", json!("A value"))],
+                ),
+                d(
+                    DeltaOp::Update,
+                    "row-1",
+                    "client-b",
+                    t,
+                    vec![("title", json!("B value"))],
+                ),
             ];
             let v = merged(&[ds[order[0]].clone(), ds[order[1]].clone()]);
             assert_eq!(v["row-1"].1["title"], json!("B value"));
@@ -383,42 +493,121 @@ mod tests {
     #[test]
     fn vector_insert_then_later_update() {
         let v = merged(&[
-            d(DeltaOp::Insert, "row-1", "a", hlc(1_000_000, 0), vec![("title", json!("Inserted")), ("priority", json!(1))]),
-            d(DeltaOp::Update, "row-1", "b", hlc(3_000_000, 0), vec![("title", json!("Updated")), ("done", json!(false))]),
+            d(
+                DeltaOp::Insert,
+                "row-1",
+                "a",
+                hlc(1_000_000, 0),
+                vec![("title", json!("Inserted")), ("priority", json!(1))],
+            ),
+            d(
+                DeltaOp::Update,
+                "row-1",
+                "b",
+                hlc(3_000_000, 0),
+                vec![("title", json!("Updated")), ("done", json!(false))],
+            ),
         ]);
-        assert_eq!(v["row-1"], (false, cols(&[("title", json!("Updated")), ("priority", json!(1)), ("done", json!(false))])));
+        assert_eq!(
+            v["row-1"],
+            (
+                false,
+                cols(&[
+                    ("title", json!("Updated")),
+                    ("priority", json!(1)),
+                    ("done", json!(false))
+                ])
+            )
+        );
     }
 
     #[test]
     fn vector_delete_vs_update_by_hlc_and_resurrection() {
-        let ins = d(DeltaOp::Insert, "row-1", "a", hlc(1_000, 0), vec![("title", json!("x")), ("priority", json!(2))]);
+        let ins = d(
+            DeltaOp::Insert,
+            "row-1",
+            "a",
+            hlc(1_000, 0),
+            vec![("title", json!("x")), ("priority", json!(2))],
+        );
         let del = d(DeltaOp::Delete, "row-1", "b", hlc(2_000, 0), vec![]);
-        assert_eq!(merged(&[ins.clone(), del.clone()])["row-1"], (true, BTreeMap::new()));
-        let upd = d(DeltaOp::Update, "row-1", "c", hlc(3_000, 0), vec![("title", json!("Resurrected"))]);
+        assert_eq!(
+            merged(&[ins.clone(), del.clone()])["row-1"],
+            (true, BTreeMap::new())
+        );
+        let upd = d(
+            DeltaOp::Update,
+            "row-1",
+            "c",
+            hlc(3_000, 0),
+            vec![("title", json!("Resurrected"))],
+        );
         // The later UPDATE resurrects the row with only its own columns.
-        assert_eq!(merged(&[upd.clone(), del.clone(), ins.clone()])["row-1"], (false, cols(&[("title", json!("Resurrected"))])));
+        assert_eq!(
+            merged(&[upd.clone(), del.clone(), ins.clone()])["row-1"],
+            (false, cols(&[("title", json!("Resurrected"))]))
+        );
         // Compactor vector: INSERT@10, DELETE@20, INSERT@30 → the re-insert only.
         let v = merged(&[
-            d(DeltaOp::Insert, "r", "a", 10, vec![("title", json!("first")), ("done", json!(false))]),
+            d(
+                DeltaOp::Insert,
+                "r",
+                "a",
+                10,
+                vec![("title", json!("first")), ("done", json!(false))],
+            ),
             d(DeltaOp::Delete, "r", "a", 20, vec![]),
-            d(DeltaOp::Insert, "r", "a", 30, vec![("title", json!("Reinserted")), ("done", json!(true))]),
+            d(
+                DeltaOp::Insert,
+                "r",
+                "a",
+                30,
+                vec![("title", json!("Reinserted")), ("done", json!(true))],
+            ),
         ]);
-        assert_eq!(v["r"], (false, cols(&[("title", json!("Reinserted")), ("done", json!(true))])));
+        assert_eq!(
+            v["r"],
+            (
+                false,
+                cols(&[("title", json!("Reinserted")), ("done", json!(true))])
+            )
+        );
     }
 
     #[test]
     fn vector_delete_vs_delete_and_equal_hlc_tiebreak() {
-        let v = merged(&[d(DeltaOp::Delete, "r", "a", 5, vec![]), d(DeltaOp::Delete, "r", "b", 9, vec![])]);
+        let v = merged(&[
+            d(DeltaOp::Delete, "r", "a", 5, vec![]),
+            d(DeltaOp::Delete, "r", "b", 9, vec![]),
+        ]);
         assert!(v["r"].0);
         // A DELETE that ties on HLC wins when its client id is greater.
         let v = merged(&[
-            d(DeltaOp::Update, "r", "aaa-client", 7, vec![("title", json!("From aaa"))]),
+            d(
+                DeltaOp::Update,
+                "r",
+                "aaa-client",
+                7,
+                vec![("title", json!("From aaa"))],
+            ),
             d(DeltaOp::Delete, "r", "zzz-client", 7, vec![]),
         ]);
         assert!(v["r"].0);
         let v = merged(&[
-            d(DeltaOp::Update, "r", "aaa-client", 7, vec![("title", json!("From aaa"))]),
-            d(DeltaOp::Update, "r", "zzz-client", 7, vec![("title", json!("From zzz"))]),
+            d(
+                DeltaOp::Update,
+                "r",
+                "aaa-client",
+                7,
+                vec![("title", json!("From aaa"))],
+            ),
+            d(
+                DeltaOp::Update,
+                "r",
+                "zzz-client",
+                7,
+                vec![("title", json!("From zzz"))],
+            ),
         ]);
         assert_eq!(v["r"].1["title"], json!("From zzz"));
     }
@@ -426,31 +615,72 @@ mod tests {
     #[test]
     fn vector_compactor_columns_take_their_own_newest_write() {
         let v = merged(&[
-            d(DeltaOp::Insert, "r", "a", 20, vec![("title", json!("Title@20")), ("done", json!(false))]),
-            d(DeltaOp::Update, "r", "a", 30, vec![("title", json!("Title@30"))]),
+            d(
+                DeltaOp::Insert,
+                "r",
+                "a",
+                20,
+                vec![("title", json!("Title@20")), ("done", json!(false))],
+            ),
+            d(
+                DeltaOp::Update,
+                "r",
+                "a",
+                30,
+                vec![("title", json!("Title@30"))],
+            ),
             d(DeltaOp::Update, "r", "a", 25, vec![("done", json!(true))]),
         ]);
-        assert_eq!(v["r"].1, cols(&[("title", json!("Title@30")), ("done", json!(true))]));
+        assert_eq!(
+            v["r"].1,
+            cols(&[("title", json!("Title@30")), ("done", json!(true))])
+        );
     }
 
     #[test]
     fn set_to_null_differs_from_untouched() {
         let v = merged(&[
-            d(DeltaOp::Insert, "r", "a", 1, vec![("title", json!("x")), ("done", json!(true))]),
+            d(
+                DeltaOp::Insert,
+                "r",
+                "a",
+                1,
+                vec![("title", json!("x")), ("done", json!(true))],
+            ),
             d(DeltaOp::Update, "r", "a", 2, vec![("title", Value::Null)]),
         ]);
-        assert_eq!(v["r"].1, cols(&[("title", Value::Null), ("done", json!(true))]));
+        assert_eq!(
+            v["r"].1,
+            cols(&[("title", Value::Null), ("done", json!(true))])
+        );
     }
 
     #[test]
     fn incremental_merge_and_schema_evolution() {
         let v1 = TableSchema::new("todos", vec![ColumnDef::new("title", ColumnType::String)]);
-        let first = deltas_to_batch(&v1, &[d(DeltaOp::Insert, "r", "a", 1, vec![("title", json!("x"))])]).unwrap();
+        let first = deltas_to_batch(
+            &v1,
+            &[d(DeltaOp::Insert, "r", "a", 1, vec![("title", json!("x"))])],
+        )
+        .unwrap();
         let state1 = merge(&v1, None, &[first]).unwrap();
         let v2 = todos();
-        let second = deltas_to_batch(&v2, &[d(DeltaOp::Update, "r", "a", 2, vec![("priority", json!(3))])]).unwrap();
+        let second = deltas_to_batch(
+            &v2,
+            &[d(
+                DeltaOp::Update,
+                "r",
+                "a",
+                2,
+                vec![("priority", json!(3))],
+            )],
+        )
+        .unwrap();
         let state2 = merge(&v2, Some(&state1), &[second]).unwrap();
-        assert_eq!(view(&v2, &state2)["r"].1, cols(&[("title", json!("x")), ("priority", json!(3))]));
+        assert_eq!(
+            view(&v2, &state2)["r"].1,
+            cols(&[("title", json!("x")), ("priority", json!(3))])
+        );
         // A mismatched type is an error, not garbage.
         let wrong = TableSchema::new("todos", vec![ColumnDef::new("title", ColumnType::Integer)]);
         assert!(merge(&wrong, Some(&state1), &[]).is_err());
@@ -482,7 +712,13 @@ mod proptests {
     /// Deltas over few rows, clients and HLCs, so ties and deletes are common.
     fn deltas() -> impl Strategy<Value = Vec<RowDelta>> {
         let value = prop_oneof![Just(Value::Null), (0i64..4).prop_map(Value::from)];
-        let delta = (0u8..3, 0u8..4, 0u8..3, 0u64..6, proptest::collection::vec((0usize..3, value), 0..3));
+        let delta = (
+            0u8..3,
+            0u8..4,
+            0u8..3,
+            0u64..6,
+            proptest::collection::vec((0usize..3, value), 0..3),
+        );
         proptest::collection::vec(delta, 0..40).prop_map(|raw| {
             raw.into_iter()
                 .map(|(op, row, client, hlc, cols)| {
@@ -494,12 +730,23 @@ mod proptests {
                         cols.into_iter()
                             .filter(|(pos, _)| !std::mem::replace(&mut seen[*pos], true))
                             .map(|(pos, v)| {
-                                let v = match pos { 0 => v.as_i64().map_or(Value::Null, |n| json!(format!("s{n}"))), 2 => json!({"k": v}), _ => v };
+                                let v = match pos {
+                                    0 => v.as_i64().map_or(Value::Null, |n| json!(format!("s{n}"))),
+                                    2 => json!({"k": v}),
+                                    _ => v,
+                                };
                                 ColumnDelta::new(["a", "b", "c"][pos], v)
                             })
                             .collect()
                     };
-                    RowDelta::new(op, "t", format!("r{row}"), format!("c{client}"), cols, HlcTimestamp(hlc))
+                    RowDelta::new(
+                        op,
+                        "t",
+                        format!("r{row}"),
+                        format!("c{client}"),
+                        cols,
+                        HlcTimestamp(hlc),
+                    )
                 })
                 .collect()
         })
@@ -507,7 +754,10 @@ mod proptests {
 
     fn merge_in(batches: &[Vec<RowDelta>], prior: Option<&RecordBatch>) -> RecordBatch {
         let t = table();
-        let batches: Vec<RecordBatch> = batches.iter().map(|b| deltas_to_batch(&t, b).unwrap()).collect();
+        let batches: Vec<RecordBatch> = batches
+            .iter()
+            .map(|b| deltas_to_batch(&t, b).unwrap())
+            .collect();
         merge(&t, prior, &batches).unwrap()
     }
 

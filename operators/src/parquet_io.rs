@@ -68,7 +68,17 @@ mod tests {
     #[test]
     fn delta_batch_round_trips_through_parquet() {
         let deltas = vec![
-            RowDelta::new(DeltaOp::Insert, "todos", "r1", "c", vec![ColumnDelta::new("meta", json!({"z": 1, "a": null})), ColumnDelta::new("title", json!("t"))], HlcTimestamp(u64::MAX)),
+            RowDelta::new(
+                DeltaOp::Insert,
+                "todos",
+                "r1",
+                "c",
+                vec![
+                    ColumnDelta::new("meta", json!({"z": 1, "a": null})),
+                    ColumnDelta::new("title", json!("t")),
+                ],
+                HlcTimestamp(u64::MAX),
+            ),
             RowDelta::new(DeltaOp::Delete, "todos", "r2", "c", vec![], HlcTimestamp(1)),
         ];
         let batch = deltas_to_batch(&todos(), &deltas).unwrap();

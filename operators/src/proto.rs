@@ -63,7 +63,10 @@ pub fn from_proto(msg: &v1::RowDelta) -> Result<RowDelta> {
         _ => {
             return Err(Error::invalid(
                 "delta",
-                format!("Unknown or unspecified DeltaOp: {} (row {:?})", msg.op, msg.row_id),
+                format!(
+                    "Unknown or unspecified DeltaOp: {} (row {:?})",
+                    msg.op, msg.row_id
+                ),
             ));
         }
     };
@@ -74,7 +77,10 @@ pub fn from_proto(msg: &v1::RowDelta) -> Result<RowDelta> {
             let value = serde_json::from_slice(&c.value).map_err(|e| {
                 Error::invalid(
                     "delta",
-                    format!("column {:?} of row {:?} is not JSON: {e}", c.column, msg.row_id),
+                    format!(
+                        "column {:?} of row {:?} is not JSON: {e}",
+                        c.column, msg.row_id
+                    ),
                 )
             })?;
             Ok(ColumnDelta::new(c.column.clone(), value))
@@ -92,7 +98,11 @@ pub fn from_proto(msg: &v1::RowDelta) -> Result<RowDelta> {
 }
 
 /// Encodes a `SyncResponse` carrying `deltas`.
-pub fn encode_sync_response(deltas: &[RowDelta], server_hlc: HlcTimestamp, has_more: bool) -> Bytes {
+pub fn encode_sync_response(
+    deltas: &[RowDelta],
+    server_hlc: HlcTimestamp,
+    has_more: bool,
+) -> Bytes {
     v1::SyncResponse {
         deltas: deltas.iter().map(to_proto).collect(),
         server_hlc: server_hlc.0,
@@ -116,30 +126,74 @@ mod tests {
 
     #[test]
     fn values_are_json_stringify_text() {
-        let value: serde_json::Value = serde_json::from_str(r#"{"b":1.0,"10":-0.0,"a":[1e21,"x\u0001"]}"#).unwrap();
-        let d = RowDelta::new(DeltaOp::Insert, "t", "r", "c", vec![ColumnDelta::new("v", value)], HlcTimestamp(9));
+        let value: serde_json::Value =
+            serde_json::from_str(r#"{"b":1.0,"10":-0.0,"a":[1e21,"x\u0001"]}"#).unwrap();
+        let d = RowDelta::new(
+            DeltaOp::Insert,
+            "t",
+            "r",
+            "c",
+            vec![ColumnDelta::new("v", value)],
+            HlcTimestamp(9),
+        );
         let msg = to_proto(&d);
-        assert_eq!(&msg.columns[0].value[..], br#"{"10":0,"b":1,"a":[1e+21,"x\u0001"]}"#);
+        assert_eq!(
+            &msg.columns[0].value[..],
+            br#"{"10":0,"b":1,"a":[1e+21,"x\u0001"]}"#
+        );
         assert_eq!(msg.op, 1);
         assert_eq!(from_proto(&msg).unwrap().delta_id, d.delta_id);
     }
 
     #[test]
     fn extremes_and_bad_input() {
-        let d = RowDelta::new(DeltaOp::Delete, "t", "r", "c", vec![], HlcTimestamp(u64::MAX));
+        let d = RowDelta::new(
+            DeltaOp::Delete,
+            "t",
+            "r",
+            "c",
+            vec![],
+            HlcTimestamp(u64::MAX),
+        );
         let bytes = encode_sync_response(std::slice::from_ref(&d), HlcTimestamp(u64::MAX), true);
         let (back, server, more) = decode_sync_response(&bytes).unwrap();
-        assert_eq!((back, server, more), (vec![d.clone()], HlcTimestamp(u64::MAX), true));
+        assert_eq!(
+            (back, server, more),
+            (vec![d.clone()], HlcTimestamp(u64::MAX), true)
+        );
         // Same payload, same bytes.
-        assert_eq!(bytes, encode_sync_response(&[d.clone()], HlcTimestamp(u64::MAX), true));
+        assert_eq!(
+            bytes,
+            encode_sync_response(&[d.clone()], HlcTimestamp(u64::MAX), true)
+        );
         let mut msg = to_proto(&d);
         msg.op = 0;
-        assert!(from_proto(&msg).unwrap_err().to_string().contains("Unknown or unspecified DeltaOp: 0"));
-        let mut msg = to_proto(&RowDelta::new(DeltaOp::Insert, "t", "r", "c", vec![ColumnDelta::new("a", json!(1))], HlcTimestamp(1)));
+        assert!(
+            from_proto(&msg)
+                .unwrap_err()
+                .to_string()
+                .contains("Unknown or unspecified DeltaOp: 0")
+        );
+        let mut msg = to_proto(&RowDelta::new(
+            DeltaOp::Insert,
+            "t",
+            "r",
+            "c",
+            vec![ColumnDelta::new("a", json!(1))],
+            HlcTimestamp(1),
+        ));
         msg.columns[0].value = Bytes::from_static(b"{nope");
-        assert!(from_proto(&msg).unwrap_err().to_string().contains("not JSON"));
+        assert!(
+            from_proto(&msg)
+                .unwrap_err()
+                .to_string()
+                .contains("not JSON")
+        );
         assert!(decode_sync_response(&[0xff, 0xff]).is_err());
         // Empty bytes decode to the defaults.
-        assert_eq!(decode_sync_response(&[]).unwrap(), (vec![], HlcTimestamp(0), false));
+        assert_eq!(
+            decode_sync_response(&[]).unwrap(),
+            (vec![], HlcTimestamp(0), false)
+        );
     }
 }

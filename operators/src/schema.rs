@@ -126,7 +126,11 @@ impl ColumnDef {
     /// The column's nullable Arrow field, tagged with its LakeSync type.
     pub fn arrow_field(&self) -> Field {
         Field::new(&self.name, self.column_type.arrow_type(), true).with_metadata(
-            [(TYPE_METADATA_KEY.to_string(), self.column_type.name().to_string())].into(),
+            [(
+                TYPE_METADATA_KEY.to_string(),
+                self.column_type.name().to_string(),
+            )]
+            .into(),
         )
     }
 }
@@ -178,14 +182,12 @@ impl TableSchema {
     pub fn validate(&self) -> Result<()> {
         validate_identifier(&self.table).map_err(|e| Error::schema(format!("table name: {e}")))?;
         if let Some(source) = &self.source_table {
-            validate_identifier(source)
-                .map_err(|e| Error::schema(format!("sourceTable: {e}")))?;
+            validate_identifier(source).map_err(|e| Error::schema(format!("sourceTable: {e}")))?;
         }
         let mut seen = HashSet::new();
         for (i, col) in self.columns.iter().enumerate() {
-            validate_identifier(&col.name).map_err(|e| {
-                Error::schema(format!("table {:?} columns[{i}]: {e}", self.table))
-            })?;
+            validate_identifier(&col.name)
+                .map_err(|e| Error::schema(format!("table {:?} columns[{i}]: {e}", self.table)))?;
             if RESERVED_COLUMNS.contains(&col.name.as_str()) {
                 return Err(Error::schema(format!(
                     "table {:?} columns[{i}]: {:?} is reserved by LakeSync",
@@ -273,7 +275,11 @@ impl TableSchema {
                     )));
                 }
                 _ => {
-                    let verb = if next.column(&old.name).is_some() { "move" } else { "be removed" };
+                    let verb = if next.column(&old.name).is_some() {
+                        "move"
+                    } else {
+                        "be removed"
+                    };
                     return Err(Error::schema(format!(
                         "table {:?}: column {:?} cannot {verb} (evolution is add-only; new columns go at the end)",
                         self.table, old.name
@@ -319,14 +325,26 @@ mod tests {
     fn todos() -> TableSchema {
         TableSchema::new(
             "todos",
-            vec![ColumnDef::new("title", ColumnType::String), ColumnDef::new("done", ColumnType::Boolean)],
+            vec![
+                ColumnDef::new("title", ColumnType::String),
+                ColumnDef::new("done", ColumnType::Boolean),
+            ],
         )
     }
 
     #[test]
     fn identifiers() {
         validate_identifier(&"a".repeat(64)).unwrap();
-        for bad in ["", &"a".repeat(65), "1abc", "a-b", "a.b", "a b", "é", "\"; DROP TABLE users--"] {
+        for bad in [
+            "",
+            &"a".repeat(65),
+            "1abc",
+            "a-b",
+            "a.b",
+            "a b",
+            "é",
+            "\"; DROP TABLE users--",
+        ] {
             let err = validate_identifier(bad).unwrap_err().to_string();
             assert!(err.contains("Invalid SQL identifier"), "{bad}: {err}");
         }
@@ -343,14 +361,38 @@ mod tests {
         assert!(!s.is_soft_delete());
         assert_eq!(s.columns[1].column_type, ColumnType::Integer);
         let bad = [
-            (r#"{"table":"t","columns":[{"name":"a","type":"text"}]}"#, "unknown variant"),
-            (r#"{"table":"t","columns":[{"name":"","type":"string"}]}"#, "columns[0]"),
-            (r#"{"table":"t","columns":[{"name":"a","type":"string"}],"primaryKey":[]}"#, "at least one"),
-            (r#"{"table":"t","columns":[{"name":"a","type":"string"}],"primaryKey":["b"]}"#, "\"b\""),
-            (r#"{"table":"t","columns":[{"name":"a","type":"string"}],"externalIdColumn":"x"}"#, "externalIdColumn"),
-            (r#"{"table":"t","columns":[{"name":"_hlc","type":"string"}]}"#, "reserved"),
-            (r#"{"table":"t","columns":[{"name":"a","type":"string"},{"name":"a","type":"number"}]}"#, "twice"),
-            (r#"{"table":"t","columns":[],"softDelete":"yes"}"#, "expected a boolean"),
+            (
+                r#"{"table":"t","columns":[{"name":"a","type":"text"}]}"#,
+                "unknown variant",
+            ),
+            (
+                r#"{"table":"t","columns":[{"name":"","type":"string"}]}"#,
+                "columns[0]",
+            ),
+            (
+                r#"{"table":"t","columns":[{"name":"a","type":"string"}],"primaryKey":[]}"#,
+                "at least one",
+            ),
+            (
+                r#"{"table":"t","columns":[{"name":"a","type":"string"}],"primaryKey":["b"]}"#,
+                "\"b\"",
+            ),
+            (
+                r#"{"table":"t","columns":[{"name":"a","type":"string"}],"externalIdColumn":"x"}"#,
+                "externalIdColumn",
+            ),
+            (
+                r#"{"table":"t","columns":[{"name":"_hlc","type":"string"}]}"#,
+                "reserved",
+            ),
+            (
+                r#"{"table":"t","columns":[{"name":"a","type":"string"},{"name":"a","type":"number"}]}"#,
+                "twice",
+            ),
+            (
+                r#"{"table":"t","columns":[],"softDelete":"yes"}"#,
+                "expected a boolean",
+            ),
         ];
         for (text, needle) in bad {
             let err = TableSchema::from_json(text).unwrap_err().to_string();
@@ -362,21 +404,37 @@ mod tests {
     fn add_only_evolution() {
         let v1 = todos();
         let mut v2 = todos();
-        v2.columns.push(ColumnDef::new("priority", ColumnType::Integer));
+        v2.columns
+            .push(ColumnDef::new("priority", ColumnType::Integer));
         assert_eq!(v1.evolve_to(&v2).unwrap().len(), 1);
         assert_eq!(v1.evolve_to(&v1).unwrap().len(), 0);
 
         let mut retyped = todos();
         retyped.columns[1].column_type = ColumnType::String;
-        assert!(v1.evolve_to(&retyped).unwrap_err().to_string().contains("cannot change type"));
+        assert!(
+            v1.evolve_to(&retyped)
+                .unwrap_err()
+                .to_string()
+                .contains("cannot change type")
+        );
 
         let mut removed = todos();
         removed.columns.pop();
-        assert!(v1.evolve_to(&removed).unwrap_err().to_string().contains("cannot be removed"));
+        assert!(
+            v1.evolve_to(&removed)
+                .unwrap_err()
+                .to_string()
+                .contains("cannot be removed")
+        );
 
         let mut moved = todos();
         moved.columns.swap(0, 1);
-        assert!(v1.evolve_to(&moved).unwrap_err().to_string().contains("cannot move"));
+        assert!(
+            v1.evolve_to(&moved)
+                .unwrap_err()
+                .to_string()
+                .contains("cannot move")
+        );
 
         let mut other = todos();
         other.table = "notes".into();

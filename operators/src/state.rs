@@ -66,9 +66,10 @@ pub fn state_schema(table: &TableSchema) -> SchemaRef {
         ),
     ];
     fields.extend(table.columns.iter().map(|c| c.arrow_field()));
-    Arc::new(Schema::new(fields).with_metadata(
-        [(TABLE_METADATA_KEY.to_string(), table.table.clone())].into(),
-    ))
+    Arc::new(
+        Schema::new(fields)
+            .with_metadata([(TABLE_METADATA_KEY.to_string(), table.table.clone())].into()),
+    )
 }
 
 /// A borrowed version: what last-writer-wins compares.
@@ -145,7 +146,10 @@ fn next_unit(bytes: &[u8], i: usize) -> Option<(u16, usize)> {
         0 => None,
         1 => Some((0, 3)).filter(|_| bytes.len() >= i + 3),
         b @ 2..=0x80 => Some((u16::from(b - 1), 1)),
-        0x81 => Some((u16::from_be_bytes([*bytes.get(i + 1)?, *bytes.get(i + 2)?]), 3)),
+        0x81 => Some((
+            u16::from_be_bytes([*bytes.get(i + 1)?, *bytes.get(i + 2)?]),
+            3,
+        )),
         _ => None,
     }
 }
@@ -214,13 +218,25 @@ mod tests {
     use proptest::prelude::*;
 
     fn v<'a>(hlc: u64, client: &'a str, id: &'a [u8; 32]) -> Version<'a> {
-        Version { hlc, client_id: ClientKey::Text(client), delta_id: id }
+        Version {
+            hlc,
+            client_id: ClientKey::Text(client),
+            delta_id: id,
+        }
     }
 
     #[test]
     fn key_round_trip_with_nul_and_astral_characters() {
         let id = [7u8; 32];
-        for client in ["", "a", "a\0b", "\0", "zzz-client", "\u{1F600}x", "\u{FF01}"] {
+        for client in [
+            "",
+            "a",
+            "a\0b",
+            "\0",
+            "zzz-client",
+            "\u{1F600}x",
+            "\u{FF01}",
+        ] {
             let version = v(42, client, &id);
             let key = version.key();
             let back = Version::from_key(&key).unwrap();

@@ -1,0 +1,20 @@
+//! Iceberg: the lake.
+//!
+//! LakeSync's lake tables are Iceberg tables of deltas, written through iceberg-rust 0.10.1:
+//! - [`catalog`]: where the catalogue is ([`IcebergCatalogConfig`]; today the SQL catalogue on
+//!   SQLite with a local-file warehouse, the embedded default) and [`connect`]ing to it;
+//! - [`mapping`]: the one place where the Arrow delta contract maps to Iceberg types and back;
+//! - [`sink`]: [`IcebergSink`], which makes every epoch one real snapshot per table, whose
+//!   manifests reference the Parquet data files, so that any Iceberg reader sees the rows.
+//!
+//! [`crate::query`] reads the same tables with DataFusion.
+
+pub mod catalog;
+pub mod mapping;
+pub mod sink;
+
+pub use catalog::{DEFAULT_CATALOG_NAME, IcebergCatalogConfig, connect};
+pub use sink::IcebergSink;
+
+/// The namespace lake tables go in unless a pipeline names another.
+pub const DEFAULT_NAMESPACE: &str = "lakesync";

@@ -1,0 +1,926 @@
+//! Validation: a pure function from a decoded pipeline (and the text of its rules files) to a
+//! [`Plan`] and every problem found, each with its YAML path.
+//!
+//! What is checked:
+//! - `version` is 1; `name` matches `^[a-z0-9][a-z0-9_-]{0,62}$`; flush thresholds are positive;
+//! - each declared table passes [`TableSchema::validate`]; no table is declared twice;
+//! - source, operator and sink names are identifiers (`^[A-Za-z_][A-Za-z0-9_]{0,63}$`) and unique
+//!   across the three kinds; there is at least one source and one sink;
+//! - every `input` names a source or an operator ("did you mean" when one is close), and operators
+//!   form no cycle (the cycle is named);
+//! - a jsonl source's table is declared; `id_column` is only for `format: rows`;
+//! - a sqlite source's `cursor` tables name a `cursor_column`, which must be an orderable column
+//!   when the table is declared; an undeclared table is a *note* (its schema is discovered at run
+//!   time, so it cannot be checked here);
+//! - a filter has exactly one of `rules` and `rules_file`; the rules parse
+//!   ([`SyncRules::from_value`]) and fit the declared schemas of the tables that reach the filter
+//!   ([`SyncRules::check_against`]): known columns, literals of the column's type;
+//! - a sink has an `input` (except a tier's inline `hot`/`cold`, which must have none, no
+//!   `required`, and not be tiers themselves); catalogue URIs and namespaces are well-formed.
+//!
+//! Warnings (the file is still valid): a source or operator nothing reads; a filter whose rules
+//! use a claim the filter does not set; a bucket naming a table that does not reach the filter; a
+//! table reaching a filter that no bucket applies to (all its rows are dropped).
+//!
+//! The only input besides the spec is the text of each `rules_file`, read beforehand by
+//! [`Inputs::read`] (the one piece of I/O, kept out of validation so it stays pure and testable).
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::path::{Path, PathBuf};
+
+use super::Diagnostic;
+use super::node::{child_path, item_path};
+use super::plan::{FilterPlan, Lane, Plan, resolve};
+use super::spec::{
+    CaptureStrategy, CatalogSpec, FilterSpec, JsonlFormat, JsonlSourceSpec, OperatorSpec,
+    PIPELINE_VERSION, PipelineSpec, SinkSpec, SourceSpec, SqliteSourceSpec,
+};
+use super::suggest;
+use crate::Error;
+use crate::kernel::rules::{Claims, SyncRules};
+use crate::kernel::schema::{ColumnType, TableSchema};
+
+/// Source, operator and sink names (the kernel's identifier rule).
+pub const IDENTIFIER_PATTERN: &str = "^[A-Za-z_][A-Za-z0-9_]{0,63}$";
+
+/// Pipeline names.
+pub const PIPELINE_NAME_PATTERN: &str = "^[a-z0-9][a-z0-9_-]{0,62}$";
+
+/// What validation reads besides the spec: the directory of the pipeline file, and the text of
+/// each `rules_file` (or why it could not be read), keyed by the path as written.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Inputs {
+    /// The pipeline file's directory.
+    pub base_dir: PathBuf,
+    /// `rules_file` path as written → its text, or the reason it could not be read.
+    pub rules_files: BTreeMap<String, Result<String, String>>,
+}
+
+impl Inputs {
+    /// Inputs with no rules files.
+    pub fn new(base_dir: impl Into<PathBuf>) -> Self {
+        Self {
+            base_dir: base_dir.into(),
+            rules_files: BTreeMap::new(),
+        }
+    }
+
+    /// Reads every `rules_file` the spec names, relative to `base_dir`.
+    pub fn read(spec: &PipelineSpec, base_dir: &Path) -> Self {
+        let mut inputs = Self::new(base_dir);
+        for (_, op) in spec.operators.iter() {
+            let OperatorSpec::Filter(FilterSpec {
+                rules_file: Some(file),
+                ..
+            }) = op
+            else {
+                continue;
+            };
+            let text = std::fs::read_to_string(resolve(base_dir, file)).map_err(|e| e.to_string());
+            inputs.rules_files.insert(file.clone(), text);
+        }
+        inputs
+    }
+
+    /// Adds the text of a rules file (for tests and callers that read files themselves).
+    pub fn with_rules_file(mut self, path: impl Into<String>, text: impl Into<String>) -> Self {
+        self.rules_files.insert(path.into(), Ok(text.into()));
+        self
+    }
+}
+
+/// Validates `spec`. Returns the plan when there is no error, and every diagnostic (errors,
+/// warnings, notes) in the order found.
+pub fn validate(spec: &PipelineSpec, inputs: &Inputs) -> (Option<Plan>, Vec<Diagnostic>) {
+    let mut v = Validator {
+        spec,
+        inputs,
+        out: Vec::new(),
+    };
+    v.header();
+    v.tables();
+    v.names();
+    v.sources();
+    let graph = v.graph();
+    let filters = v.operators(&graph);
+    v.sinks();
+    v.unconsumed();
+    let has_errors = v.out.iter().any(Diagnostic::is_error);
+    let diagnostics = v.out;
+    if has_errors {
+        return (None, diagnostics);
+    }
+    let lanes = spec
+        .sinks
+        .iter()
+        .filter_map(|(name, sink)| {
+            let input = sink.input()?;
+            let (source, mut operators) = graph.chain(input)?;
+            operators.reverse();
+            Some(Lane {
+                sink: name.to_string(),
+                source,
+                operators,
+                required: sink.is_required(),
+            })
+        })
+        .collect();
+    let state_dir = spec
+        .state_dir
+        .clone()
+        .unwrap_or_else(|| format!(".lakesync/{}", spec.name));
+    let plan = Plan {
+        name: spec.name.clone(),
+        base_dir: inputs.base_dir.clone(),
+        state_dir: resolve(&inputs.base_dir, &state_dir),
+        flush: spec.flush,
+        tables: spec.tables.clone(),
+        sources: spec.sources.clone(),
+        operators: spec.operators.clone(),
+        operator_order: graph.topological_order(),
+        sinks: spec.sinks.clone(),
+        filters,
+        lanes,
+    };
+    (Some(plan), diagnostics)
+}
+
+/// Whether `name` is an identifier (see [`IDENTIFIER_PATTERN`]).
+pub fn is_identifier(name: &str) -> bool {
+    let mut chars = name.chars();
+    name.len() <= 64
+        && chars
+            .next()
+            .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
+}
+
+/// Whether `name` is a valid pipeline name (see [`PIPELINE_NAME_PATTERN`]).
+pub fn is_pipeline_name(name: &str) -> bool {
+    let mut chars = name.chars();
+    name.len() <= 63
+        && chars
+            .next()
+            .is_some_and(|c| c.is_ascii_lowercase() || c.is_ascii_digit())
+        && chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '-')
+}
+
+/// The message of a kernel error, without the kind prefix ("invalid sync rules: ").
+fn kernel_message(error: &Error) -> String {
+    match error {
+        Error::Invalid { message, .. } => message.clone(),
+        Error::Schema(message) => message.clone(),
+        other => other.to_string(),
+    }
+}
+
+/// The data flow between operators: operator → its input.
+struct Graph<'s> {
+    spec: &'s PipelineSpec,
+}
+
+impl Graph<'_> {
+    /// Follows inputs from `name` (a source or operator) back to a source. Returns the source
+    /// and the operators passed, nearest first; `None` on a dangling input or a cycle.
+    fn chain(&self, name: &str) -> Option<(String, Vec<String>)> {
+        let mut operators = Vec::new();
+        let mut current = name;
+        loop {
+            if self.spec.sources.contains(current) {
+                return Some((current.to_string(), operators));
+            }
+            let op = self.spec.operators.get(current)?;
+            if operators.iter().any(|o| o == current) {
+                return None;
+            }
+            operators.push(current.to_string());
+            current = op.input();
+        }
+    }
+
+    /// The cycles among operators, each as the operator names in order (starting from the one
+    /// that comes first in the file), each reported once.
+    fn cycles(&self) -> Vec<Vec<String>> {
+        let names: Vec<&str> = self.spec.operators.names().collect();
+        let mut seen_cycles: BTreeSet<BTreeSet<String>> = BTreeSet::new();
+        let mut cycles = Vec::new();
+        for start in &names {
+            let mut path: Vec<&str> = Vec::new();
+            let mut current = *start;
+            while let Some(op) = self.spec.operators.get(current) {
+                if let Some(at) = path.iter().position(|n| *n == current) {
+                    let cycle: Vec<&str> = path[at..].to_vec();
+                    let set: BTreeSet<String> = cycle.iter().map(|s| s.to_string()).collect();
+                    if seen_cycles.insert(set) {
+                        // Start from the operator that comes first in the file.
+                        let first = cycle
+                            .iter()
+                            .enumerate()
+                            .min_by_key(|(_, n)| names.iter().position(|m| m == *n))
+                            .map_or(0, |(i, _)| i);
+                        let mut ordered: Vec<String> =
+                            cycle[first..].iter().chain(&cycle[..first]).map(|s| s.to_string()).collect();
+                        ordered.push(ordered[0].clone());
+                        cycles.push(ordered);
+                    }
+                    break;
+                }
+                path.push(current);
+                current = op.input();
+            }
+        }
+        cycles
+    }
+
+    /// Operators in an order where each comes after its input (file order otherwise).
+    fn topological_order(&self) -> Vec<String> {
+        let spec = self.spec;
+        let mut order: Vec<String> = Vec::new();
+        for name in spec.operators.names() {
+            let mut chain: Vec<&str> = Vec::new();
+            let mut current = name;
+            while let Some(op) = spec.operators.get(current) {
+                if order.iter().any(|o| o == current) || chain.contains(&current) {
+                    break;
+                }
+                chain.push(current);
+                current = op.input();
+            }
+            order.extend(chain.into_iter().rev().map(str::to_string));
+        }
+        order
+    }
+}
+
+struct Validator<'s> {
+    spec: &'s PipelineSpec,
+    inputs: &'s Inputs,
+    out: Vec<Diagnostic>,
+}
+
+impl<'s> Validator<'s> {
+    /// Records `d` and returns it, to add a hint.
+    fn push(&mut self, d: Diagnostic) -> &mut Diagnostic {
+        let index = self.out.len();
+        self.out.push(d);
+        &mut self.out[index]
+    }
+
+    fn error(&mut self, path: impl Into<String>, message: impl Into<String>) -> &mut Diagnostic {
+        self.push(Diagnostic::error(path, message))
+    }
+
+    fn warning(&mut self, path: impl Into<String>, message: impl Into<String>) -> &mut Diagnostic {
+        self.push(Diagnostic::warning(path, message))
+    }
+
+    fn note(&mut self, path: impl Into<String>, message: impl Into<String>) -> &mut Diagnostic {
+        self.push(Diagnostic::note(path, message))
+    }
+
+    fn non_empty(&mut self, path: String, value: &str) {
+        if value.trim().is_empty() {
+            self.error(path, "must not be empty");
+        }
+    }
+
+    fn table(&self, name: &str) -> Option<&'s TableSchema> {
+        self.spec.tables.iter().find(|t| t.table == name)
+    }
+
+    fn header(&mut self) {
+        let spec = self.spec;
+        if spec.version != PIPELINE_VERSION {
+            self.error("version", format!("unsupported version {}", spec.version))
+                .hint = Some(format!("this LakeSync reads pipeline files of version {PIPELINE_VERSION}"));
+        }
+        if !is_pipeline_name(&spec.name) {
+            self.error("name", format!("{:?} is not a valid pipeline name", spec.name))
+                .hint = Some(
+                "use lowercase letters, digits, _ and -, starting with a letter or digit, at most 63 characters"
+                    .to_string(),
+            );
+        }
+        if let Some(dir) = &spec.state_dir {
+            self.non_empty("state_dir".to_string(), dir);
+        }
+        if spec.flush.max_rows == 0 {
+            self.error("flush.max_rows", "must be at least 1");
+        }
+        if spec.flush.max_bytes.get() == 0 {
+            self.error("flush.max_bytes", "must be more than 0 bytes");
+        }
+        if spec.flush.max_age.get().is_zero() {
+            self.error("flush.max_age", "must be longer than 0s");
+        }
+    }
+
+    fn tables(&mut self) {
+        let mut first: HashMap<&str, usize> = HashMap::new();
+        for (i, table) in self.spec.tables.iter().enumerate() {
+            let path = item_path("tables", i);
+            if let Err(e) = table.validate() {
+                self.error(path.clone(), kernel_message(&e));
+            }
+            match first.get(table.table.as_str()) {
+                Some(earlier) => {
+                    self.error(
+                        format!("{path}.table"),
+                        format!("table {:?} is declared twice (first at tables[{earlier}])", table.table),
+                    );
+                }
+                None => {
+                    first.insert(&table.table, i);
+                }
+            }
+        }
+    }
+
+    fn names(&mut self) {
+        let spec = self.spec;
+        let kinds: [(&str, Vec<&str>); 3] = [
+            ("sources", spec.sources.names().collect()),
+            ("operators", spec.operators.names().collect()),
+            ("sinks", spec.sinks.names().collect()),
+        ];
+        let mut owner: HashMap<&str, &str> = HashMap::new();
+        for (kind, names) in kinds.iter() {
+            let kind = *kind;
+            for name in names.iter().copied() {
+                let path = child_path(kind, name);
+                if !is_identifier(name) {
+                    self.error(path.clone(), format!("{name:?} is not a valid name")).hint = Some(
+                        "names are letters, digits and _, not starting with a digit, at most 64 characters"
+                            .to_string(),
+                    );
+                }
+                match owner.get(name) {
+                    Some(other) => {
+                        self.error(path, format!("{name:?} is already the name of one of the {other}"))
+                            .hint = Some(
+                            "sources, operators and sinks share one namespace: rename one".to_string(),
+                        );
+                    }
+                    None => {
+                        owner.insert(name, kind);
+                    }
+                }
+            }
+        }
+        if spec.sources.is_empty() {
+            self.error("sources", "a pipeline needs at least one source")
+                .hint = Some("add one under `sources:`, e.g. a jsonl file".to_string());
+        }
+        if spec.sinks.is_empty() {
+            self.error("sinks", "a pipeline needs at least one sink")
+                .hint = Some("add one under `sinks:`, e.g. a sqlite file".to_string());
+        }
+    }
+
+    fn sources(&mut self) {
+        let spec = self.spec;
+        for (name, source) in spec.sources.iter() {
+            let at = child_path("sources", name);
+            match source {
+                SourceSpec::Jsonl(spec) => self.jsonl_source(&at, spec),
+                SourceSpec::Sqlite(spec) => self.sqlite_source(&at, spec),
+            }
+        }
+    }
+
+    fn undeclared_table(&mut self, path: String, table: &str) {
+        let declared: Vec<&str> = self.spec.tables.iter().map(|t| t.table.as_str()).collect();
+        let hint = match suggest::did_you_mean(table, declared.iter().copied()) {
+            Some(guess) => guess,
+            None if declared.is_empty() => {
+                "declare it under `tables:` with its columns".to_string()
+            }
+            None => format!(
+                "declare it under `tables:` with its columns (declared: {})",
+                suggest::list(&declared)
+            ),
+        };
+        self.error(path, format!("table {table:?} is not declared")).hint = Some(hint);
+    }
+
+    fn jsonl_source(&mut self, at: &str, spec: &JsonlSourceSpec) {
+        self.non_empty(format!("{at}.path"), &spec.path);
+        if self.table(&spec.table).is_none() {
+            self.undeclared_table(format!("{at}.table"), &spec.table);
+        }
+        match (&spec.format, &spec.id_column) {
+            (JsonlFormat::Deltas, Some(_)) => {
+                self.error(format!("{at}.id_column"), "id_column applies only to format: rows")
+                    .hint = Some("a delta names its row with rowId; remove id_column".to_string());
+            }
+            (JsonlFormat::Rows, Some(column)) => {
+                self.non_empty(format!("{at}.id_column"), column);
+            }
+            _ => {}
+        }
+        if let Some(client) = &spec.client_id {
+            self.non_empty(format!("{at}.client_id"), client);
+        }
+    }
+
+    fn sqlite_source(&mut self, at: &str, spec: &SqliteSourceSpec) {
+        self.non_empty(format!("{at}.path"), &spec.path);
+        if spec.poll_interval.get().is_zero() {
+            self.error(format!("{at}.poll_interval"), "must be longer than 0s");
+        }
+        if spec.tables.is_empty() {
+            self.error(format!("{at}.tables"), "a sqlite source needs at least one table");
+        }
+        let mut seen: HashMap<&str, usize> = HashMap::new();
+        for (i, table) in spec.tables.iter().enumerate() {
+            let path = item_path(&format!("{at}.tables"), i);
+            if !is_identifier(&table.table) {
+                self.error(format!("{path}.table"), format!("{:?} is not a valid table name", table.table));
+            }
+            if let Some(earlier) = seen.insert(&table.table, i) {
+                self.error(
+                    format!("{path}.table"),
+                    format!("table {:?} is listed twice (first at tables[{earlier}])", table.table),
+                );
+            }
+            self.non_empty(format!("{path}.id_column"), &table.id_column);
+            match (table.strategy, &table.cursor_column) {
+                (CaptureStrategy::Cursor, None) => {
+                    self.error(path.clone(), "strategy cursor needs a cursor_column").hint = Some(
+                        "name a column that grows with every change, e.g. cursor_column: updated_at"
+                            .to_string(),
+                    );
+                }
+                (CaptureStrategy::Diff | CaptureStrategy::DeltaLog, Some(_)) => {
+                    self.error(format!("{path}.cursor_column"), "cursor_column applies only to strategy: cursor");
+                }
+                _ => {}
+            }
+            match self.table(&table.table) {
+                None => {
+                    self.note(
+                        format!("{path}.table"),
+                        format!(
+                            "table {:?} is not declared: its schema is discovered from the database at run time, so its columns are not checked here",
+                            table.table
+                        ),
+                    );
+                }
+                Some(schema) => {
+                    if let Some(cursor) = &table.cursor_column {
+                        match schema.column(cursor) {
+                            None if cursor == &table.id_column => {}
+                            None => {
+                                let hint = suggest::did_you_mean(
+                                    cursor,
+                                    schema.columns.iter().map(|c| c.name.as_str()),
+                                );
+                                self.error(
+                                    format!("{path}.cursor_column"),
+                                    format!("table {:?} has no column {cursor:?}", table.table),
+                                )
+                                .hint = hint;
+                            }
+                            Some(column)
+                                if matches!(
+                                    column.column_type,
+                                    ColumnType::Boolean | ColumnType::Json | ColumnType::Null
+                                ) =>
+                            {
+                                self.error(
+                                    format!("{path}.cursor_column"),
+                                    format!(
+                                        "schema mismatch: column {cursor:?} is a {}, which cannot order changes",
+                                        column.column_type.name()
+                                    ),
+                                )
+                                .hint = Some(
+                                    "use an integer, number, timestamp or string column that grows with every change"
+                                        .to_string(),
+                                );
+                            }
+                            Some(_) => {}
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    fn graph(&mut self) -> Graph<'s> {
+        let graph = Graph { spec: self.spec };
+        for cycle in graph.cycles() {
+            let first = cycle[0].clone();
+            self.error(
+                format!("{}.input", child_path("operators", &first)),
+                format!("operators form a cycle: {}", cycle.join(" → ")),
+            )
+            .hint = Some("every chain of inputs must lead back to a source".to_string());
+        }
+        graph
+    }
+
+    /// Checks that `input` (at `path`) names a source or an operator other than `own`.
+    fn input(&mut self, path: String, input: &str, own: &str) {
+        let spec = self.spec;
+        if input == own {
+            self.error(path, format!("{input:?} cannot read itself"));
+            return;
+        }
+        if spec.sources.contains(input) || spec.operators.contains(input) {
+            return;
+        }
+        let candidates: Vec<&str> = spec
+            .sources
+            .names()
+            .chain(spec.operators.names())
+            .filter(|n| *n != own)
+            .collect();
+        let hint = if spec.sinks.contains(input) {
+            Some(format!("{input:?} is a sink; a sink cannot be read"))
+        } else {
+            suggest::did_you_mean(input, candidates.iter().copied()).or_else(|| {
+                (!candidates.is_empty())
+                    .then(|| format!("sources and operators: {}", suggest::list(&candidates)))
+            })
+        };
+        self.error(path, format!("{input:?} is not a source or operator"))
+            .hint = hint;
+    }
+
+    /// The declared schemas and the discovered table names of the tables reaching `name` (a
+    /// source or an operator); `None` when the chain is broken.
+    fn reaching(&self, graph: &Graph<'_>, name: &str) -> Option<(Vec<&'s TableSchema>, Vec<String>)> {
+        let (source, _) = graph.chain(name)?;
+        let names: Vec<String> = match self.spec.sources.get(&source)? {
+            SourceSpec::Jsonl(spec) => vec![spec.table.clone()],
+            SourceSpec::Sqlite(spec) => spec.tables.iter().map(|t| t.table.clone()).collect(),
+        };
+        let mut declared = Vec::new();
+        let mut discovered = Vec::new();
+        for name in names {
+            match self.table(&name) {
+                Some(schema) => declared.push(schema),
+                None => discovered.push(name),
+            }
+        }
+        Some((declared, discovered))
+    }
+
+    fn operators(&mut self, graph: &Graph<'_>) -> BTreeMap<String, FilterPlan> {
+        let mut plans = BTreeMap::new();
+        let spec = self.spec;
+        for (name, op) in spec.operators.iter() {
+            let at = child_path("operators", name);
+            match op {
+                OperatorSpec::Filter(spec) => {
+                    self.input(format!("{at}.input"), &spec.input, name);
+                    if let Some(plan) = self.filter(graph, &at, spec) {
+                        plans.insert(name.to_string(), plan);
+                    }
+                }
+            }
+        }
+        plans
+    }
+
+    fn filter(&mut self, graph: &Graph<'_>, at: &str, spec: &FilterSpec) -> Option<FilterPlan> {
+        // Where rule problems are reported: inside inline rules, or at the file's path.
+        let (rules, rules_at, file_prefix) = match (&spec.rules, &spec.rules_file) {
+            (Some(_), Some(_)) => {
+                self.error(at, "give either rules or rules_file, not both");
+                return None;
+            }
+            (None, None) => {
+                self.error(at, "a filter needs rules (inline) or rules_file").hint =
+                    Some("e.g. rules_file: sync-rules.json".to_string());
+                return None;
+            }
+            (Some(value), None) => (
+                SyncRules::from_value(value),
+                format!("{at}.rules"),
+                None,
+            ),
+            (None, Some(file)) => {
+                let path = format!("{at}.rules_file");
+                match self.inputs.rules_files.get(file) {
+                    Some(Ok(text)) => (SyncRules::from_json(text), path, Some(file.clone())),
+                    Some(Err(reason)) => {
+                        self.error(path, format!("cannot read {file:?}: {reason}"));
+                        return None;
+                    }
+                    None => {
+                        self.error(path, format!("{file:?} was not read before validation"));
+                        return None;
+                    }
+                }
+            }
+        };
+        let rules = match rules {
+            Ok(rules) => rules,
+            Err(e) => {
+                self.rule_problems(&rules_at, file_prefix.as_deref(), &kernel_message(&e), None, &[]);
+                return None;
+            }
+        };
+        let claims = spec
+            .claims
+            .iter()
+            .fold(Claims::new(), |claims, (name, values)| claims.with(name, values.0.clone()));
+
+        // Claims the rules use but the filter does not set.
+        let mut missing: BTreeMap<&str, Vec<String>> = BTreeMap::new();
+        for (i, bucket) in rules.buckets.iter().enumerate() {
+            for filter in &bucket.filters {
+                if let Some(claim) = filter.claim()
+                    && !spec.claims.contains_key(claim)
+                {
+                    let label = format!("buckets[{i}] ({:?})", bucket.name);
+                    let users = missing.entry(claim).or_default();
+                    if !users.contains(&label) {
+                        users.push(label);
+                    }
+                }
+            }
+        }
+        for (claim, users) in missing {
+            let path = if spec.claims.is_empty() { at.to_string() } else { format!("{at}.claims") };
+            self.warning(
+                path,
+                format!(
+                    "the rules use claim {claim:?} ({}), which this filter does not set: those filters match nothing",
+                    users.join(", ")
+                ),
+            )
+            .hint = Some(format!("add it under claims, e.g. claims: {{{claim}: ...}}"));
+        }
+
+        // The rules against the tables that reach the filter.
+        if let Some((declared, discovered)) = self.reaching(graph, &spec.input) {
+            let schemas: Vec<TableSchema> = declared.iter().map(|s| (*s).clone()).collect();
+            if let Err(e) = rules.check_against(&schemas) {
+                self.rule_problems(
+                    &rules_at,
+                    file_prefix.as_deref(),
+                    &kernel_message(&e),
+                    Some(&rules),
+                    &schemas,
+                );
+            }
+            let reaching: Vec<&str> = declared
+                .iter()
+                .map(|s| s.table.as_str())
+                .chain(discovered.iter().map(String::as_str))
+                .collect();
+            for (i, bucket) in rules.buckets.iter().enumerate() {
+                for (k, table) in bucket.tables.iter().enumerate() {
+                    let reaches = declared
+                        .iter()
+                        .any(|s| s.table == *table || s.delta_table() == table)
+                        || discovered.iter().any(|d| d == table);
+                    if !reaches {
+                        let path = match &file_prefix {
+                            None => format!("{rules_at}.buckets[{i}].tables[{k}]"),
+                            Some(_) => rules_at.clone(),
+                        };
+                        self.warning(
+                            path,
+                            format!(
+                                "bucket {:?} names table {table:?}, which does not reach this filter (it carries: {})",
+                                bucket.name,
+                                suggest::list(&reaching)
+                            ),
+                        );
+                    }
+                }
+            }
+            if rules.is_filtering() {
+                for table in &reaching {
+                    if !rules.buckets.iter().any(|b| b.applies_to(table)) {
+                        self.warning(
+                            rules_at.clone(),
+                            format!("no bucket applies to table {table:?}: the filter drops all of its rows"),
+                        );
+                    }
+                }
+            }
+        }
+        Some(FilterPlan { rules, claims })
+    }
+
+    /// Reports the problems of a sync rules document (the kernel joins them with "; "), each at
+    /// its own path inside inline rules, or at the `rules_file` path prefixed with the file.
+    fn rule_problems(
+        &mut self,
+        rules_at: &str,
+        file: Option<&str>,
+        message: &str,
+        rules: Option<&SyncRules>,
+        schemas: &[TableSchema],
+    ) {
+        for problem in split_problems(message) {
+            let (location, text) = match problem.split_once(": ") {
+                Some((loc, text)) if loc.starts_with("buckets") || loc == "version" => {
+                    (Some(strip_bucket_labels(loc)), text.to_string())
+                }
+                _ => (None, problem.to_string()),
+            };
+            let hint = location
+                .as_deref()
+                .and_then(|loc| column_hint(loc, rules?, schemas));
+            let (path, message) = match (file, &location) {
+                (None, Some(loc)) => (format!("{rules_at}.{loc}"), text),
+                (None, None) => (rules_at.to_string(), text),
+                (Some(file), Some(loc)) => (rules_at.to_string(), format!("{file}: {loc}: {text}")),
+                (Some(file), None) => (rules_at.to_string(), format!("{file}: {text}")),
+            };
+            self.error(path, message).hint = hint;
+        }
+    }
+
+    fn sinks(&mut self) {
+        let spec = self.spec;
+        for (name, sink) in spec.sinks.iter() {
+            let at = child_path("sinks", name);
+            match sink.input() {
+                Some(input) => self.input(format!("{at}.input"), input, name),
+                None => {
+                    self.error(at.clone(), "missing field `input`").hint =
+                        Some("name the source or operator this sink reads".to_string());
+                }
+            }
+            self.sink(&at, sink);
+        }
+    }
+
+    fn sink(&mut self, at: &str, sink: &SinkSpec) {
+        match sink {
+            SinkSpec::Iceberg(spec) => {
+                match &spec.catalog {
+                    CatalogSpec::Sql(c) => {
+                        self.non_empty(format!("{at}.catalog.uri"), &c.uri);
+                        self.non_empty(format!("{at}.catalog.warehouse"), &c.warehouse);
+                    }
+                    CatalogSpec::Rest(c) => {
+                        if !(c.uri.starts_with("http://") || c.uri.starts_with("https://")) {
+                            self.error(
+                                format!("{at}.catalog.uri"),
+                                format!("{:?} is not an http(s) URL", c.uri),
+                            );
+                        }
+                        self.non_empty(format!("{at}.catalog.warehouse"), &c.warehouse);
+                        if let Some(endpoint) = c.s3.as_ref().and_then(|s| s.endpoint.as_ref())
+                            && !(endpoint.starts_with("http://") || endpoint.starts_with("https://"))
+                        {
+                            self.error(
+                                format!("{at}.catalog.s3.endpoint"),
+                                format!("{endpoint:?} is not an http(s) URL"),
+                            );
+                        }
+                    }
+                }
+                if spec.namespace.is_empty() || !spec.namespace.split('.').all(is_identifier) {
+                    self.error(
+                        format!("{at}.namespace"),
+                        format!("{:?} is not a valid namespace", spec.namespace),
+                    )
+                    .hint = Some("one or more identifiers separated by dots, e.g. lakesync or analytics.raw".to_string());
+                }
+            }
+            SinkSpec::Sqlite(spec) => self.non_empty(format!("{at}.path"), &spec.path),
+            SinkSpec::Parquet(spec) => self.non_empty(format!("{at}.path"), &spec.path),
+            SinkSpec::Tier(spec) => {
+                if spec.max_age.get().is_zero() {
+                    self.error(format!("{at}.max_age"), "must be longer than 0s");
+                }
+                for (side, inner) in [("hot", &spec.hot), ("cold", &spec.cold)] {
+                    let path = format!("{at}.{side}");
+                    if let SinkSpec::Tier(_) = inner.as_ref() {
+                        self.error(format!("{path}.type"), format!("a tier's {side} sink cannot be a tier"))
+                            .hint = Some("use iceberg, sqlite or parquet".to_string());
+                        continue;
+                    }
+                    if inner.input().is_some() {
+                        self.error(format!("{path}.input"), format!("the {side} sink reads from its tier"))
+                            .hint = Some("remove input".to_string());
+                    }
+                    if inner.required_field().is_some() {
+                        self.error(format!("{path}.required"), format!("the {side} sink is as required as its tier"))
+                            .hint = Some("remove required here; set it on the tier".to_string());
+                    }
+                    self.sink(&path, inner);
+                }
+            }
+        }
+    }
+
+    fn unconsumed(&mut self) {
+        let spec = self.spec;
+        let read: BTreeSet<&str> = spec
+            .operators
+            .iter()
+            .map(|(_, op)| op.input())
+            .chain(spec.sinks.iter().filter_map(|(_, s)| s.input()))
+            .collect();
+        for (kind, what, names) in [
+            ("sources", "source", spec.sources.names().collect::<Vec<_>>()),
+            ("operators", "operator", spec.operators.names().collect::<Vec<_>>()),
+        ] {
+            for name in names {
+                if !read.contains(name) {
+                    self.warning(child_path(kind, name), format!("nothing reads {what} {name:?}"))
+                        .hint = Some(format!("give a sink or operator `input: {name}`, or remove it"));
+                }
+            }
+        }
+    }
+}
+
+/// Splits the kernel's "; "-joined problem list, only where the next problem starts with a
+/// location (so a "; " inside a quoted value does not split).
+fn split_problems(message: &str) -> Vec<&str> {
+    let mut problems = Vec::new();
+    let mut start = 0;
+    let mut search = 0;
+    while let Some(found) = message[search..].find("; ") {
+        let at = search + found;
+        let next = &message[at + 2..];
+        if next.starts_with("buckets") || next.starts_with("version") || next.starts_with("the document") {
+            problems.push(&message[start..at]);
+            start = at + 2;
+        }
+        search = at + 2;
+    }
+    problems.push(&message[start..]);
+    problems
+}
+
+/// `buckets[1] ("user-todos").filters[0].op` → `buckets[1].filters[0].op`.
+fn strip_bucket_labels(location: &str) -> String {
+    let mut out = String::with_capacity(location.len());
+    let mut rest = location;
+    while let Some(open) = rest.find(" (\"") {
+        out.push_str(&rest[..open]);
+        match rest[open..].find("\")") {
+            Some(close) => rest = &rest[open + close + 2..],
+            None => {
+                rest = "";
+                break;
+            }
+        }
+    }
+    out.push_str(rest);
+    out
+}
+
+/// "did you mean" for `buckets[i].filters[j].column` problems, from the columns of the tables
+/// the bucket applies to.
+fn column_hint(location: &str, rules: &SyncRules, schemas: &[TableSchema]) -> Option<String> {
+    let rest = location.strip_prefix("buckets[")?;
+    let (i, rest) = rest.split_once("].filters[")?;
+    let (j, rest) = rest.split_once(']')?;
+    if rest != ".column" {
+        return None;
+    }
+    let bucket = rules.buckets.get(i.parse::<usize>().ok()?)?;
+    let filter = bucket.filters.get(j.parse::<usize>().ok()?)?;
+    let columns: Vec<&str> = schemas
+        .iter()
+        .filter(|s| bucket.applies_to(&s.table) || bucket.applies_to(s.delta_table()))
+        .flat_map(|s| s.columns.iter().map(|c| c.name.as_str()))
+        .collect();
+    suggest::did_you_mean(&filter.column, columns)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names() {
+        assert!(is_identifier("payments_only") && is_identifier("_x") && is_identifier("A1"));
+        assert!(!is_identifier("1x") && !is_identifier("a-b") && !is_identifier(""));
+        assert!(!is_identifier(&"x".repeat(65)) && is_identifier(&"x".repeat(64)));
+        assert!(is_pipeline_name("quickstart") && is_pipeline_name("0-archive_2"));
+        assert!(!is_pipeline_name("Quickstart") && !is_pipeline_name("-x") && !is_pipeline_name(""));
+        assert!(!is_pipeline_name(&"x".repeat(64)) && is_pipeline_name(&"x".repeat(63)));
+    }
+
+    #[test]
+    fn kernel_problem_lists_split_at_locations() {
+        let message = "version: must be a positive integer, found 0; buckets[1] (\"a; b\").filters[0].op: unknown op \"x; y\"; buckets[2].name: missing";
+        assert_eq!(
+            split_problems(message),
+            [
+                "version: must be a positive integer, found 0",
+                "buckets[1] (\"a; b\").filters[0].op: unknown op \"x; y\"",
+                "buckets[2].name: missing"
+            ]
+        );
+        assert_eq!(
+            strip_bucket_labels("buckets[1] (\"user-todos\").filters[0].op"),
+            "buckets[1].filters[0].op"
+        );
+        assert_eq!(strip_bucket_labels("buckets[3].tables[0]"), "buckets[3].tables[0]");
+    }
+}

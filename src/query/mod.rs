@@ -1,0 +1,115 @@
+//! DataFusion over the lake: SQL on the Iceberg tables LakeSync writes.
+//!
+//! [`query`] opens the lake's catalogue ([`IcebergCatalogConfig`]) and registers it with a
+//! DataFusion `SessionContext` as the catalogue [`LAKE_CATALOG`] (through iceberg-datafusion's
+//! `IcebergCatalogProvider`), with [`LAKE_CATALOG`]`.`[`DEFAULT_NAMESPACE`] as the default
+//! schema. So `SELECT … FROM lake.lakesync.tasks`, `SELECT … FROM lakesync.tasks` and
+//! `SELECT … FROM tasks` all name the same table, and every other namespace is
+//! `lake.<namespace>.<table>` or `<namespace>.<table>`.
+//!
+//! A query sees each table's current snapshot as of when the query started (the catalogue's
+//! tables are listed and loaded when the session is made). Rows are deltas in the Iceberg form
+//! of [`crate::adapters::iceberg::mapping`]; `mapping::to_delta_batch` turns a `SELECT *`
+//! result back into delta batches.
+//!
+//! Errors: SQL that does not parse, names an unknown table or column, or fails while running on
+//! the data (a bad cast, say) is an [`Error::Invalid`] for `query` carrying DataFusion's
+//! message; a catalogue or file that cannot be read is an [`Error::External`].
+
+use std::sync::Arc;
+
+use arrow::array::RecordBatch;
+use datafusion::error::DataFusionError;
+use datafusion::prelude::{SessionConfig, SessionContext};
+use iceberg_datafusion::IcebergCatalogProvider;
+
+use crate::adapters::iceberg::{DEFAULT_NAMESPACE, IcebergCatalogConfig, connect};
+use crate::{Error, Result};
+
+/// The DataFusion catalogue name the lake is registered under.
+pub const LAKE_CATALOG: &str = "lake";
+
+/// A DataFusion session with the lake registered as [`LAKE_CATALOG`] (and as the default
+/// catalogue, with [`DEFAULT_NAMESPACE`] as the default schema).
+pub async fn session(catalog: &IcebergCatalogConfig) -> Result<SessionContext> {
+    let catalog = connect(catalog).await?;
+    let provider = IcebergCatalogProvider::try_new(catalog)
+        .await
+        .map_err(|e| Error::External {
+            system: "iceberg",
+            message: format!("listing the lake's tables for DataFusion: {e}"),
+            retryable: e.retryable(),
+            source: Some(Box::new(e)),
+        })?;
+    let config = SessionConfig::new()
+        .with_default_catalog_and_schema(LAKE_CATALOG, DEFAULT_NAMESPACE)
+        .with_information_schema(true);
+    let ctx = SessionContext::new_with_config(config);
+    ctx.register_catalog(LAKE_CATALOG, Arc::new(provider));
+    Ok(ctx)
+}
+
+/// Runs `sql` over the lake `catalog` describes and returns the result batches.
+pub async fn query(catalog: &IcebergCatalogConfig, sql: &str) -> Result<Vec<RecordBatch>> {
+    let ctx = session(catalog).await?;
+    let started = std::time::Instant::now();
+    let frame = ctx.sql(sql).await.map_err(query_error)?;
+    let batches = frame.collect().await.map_err(query_error)?;
+    tracing::debug!(
+        rows = batches.iter().map(RecordBatch::num_rows).sum::<usize>(),
+        elapsed_ms = started.elapsed().as_millis() as u64,
+        "lake query done"
+    );
+    Ok(batches)
+}
+
+/// Formats `batches` as a text table, as the CLI prints a query result.
+pub fn format_batches(batches: &[RecordBatch]) -> String {
+    match arrow::util::pretty::pretty_format_batches(batches) {
+        Ok(table) => table.to_string(),
+        Err(e) => format!("(the result cannot be shown as a table: {e})"),
+    }
+}
+
+/// Sorts a DataFusion failure into LakeSync's kinds: reading the lake failed (external), or the
+/// query itself is wrong (invalid, with DataFusion's message).
+fn query_error(e: DataFusionError) -> Error {
+    let external = matches!(
+        e.find_root(),
+        DataFusionError::IoError(_)
+            | DataFusionError::ObjectStore(_)
+            | DataFusionError::ParquetError(_)
+            | DataFusionError::External(_)
+            | DataFusionError::ExecutionJoin(_)
+            | DataFusionError::ResourcesExhausted(_)
+    );
+    if external {
+        Error::External {
+            system: "datafusion",
+            message: format!("running the lake query: {e}"),
+            retryable: !matches!(e.find_root(), DataFusionError::External(_)),
+            source: Some(Box::new(e)),
+        }
+    } else {
+        Error::invalid("query", e)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ErrorKind;
+
+    #[tokio::test]
+    async fn bad_sql_is_invalid_input_and_an_empty_lake_answers() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = IcebergCatalogConfig::sql(dir.path().join("c.db"), dir.path().join("wh"));
+        let batches = query(&config, "SELECT 1 + 1 AS two").await.unwrap();
+        assert!(format_batches(&batches).contains("| 2   |"));
+        for sql in ["SELEC 1", "SELECT * FROM lakesync.nope"] {
+            let err = query(&config, sql).await.unwrap_err();
+            assert_eq!(err.kind(), ErrorKind::User, "{err}");
+            assert!(err.to_string().starts_with("invalid query: "), "{err}");
+        }
+    }
+}

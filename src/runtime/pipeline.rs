@@ -1,0 +1,500 @@
+//! The pipeline executor: reads sources, runs operator lanes, fans out to sinks, and commits by
+//! epochs so a restarted pipeline resumes without loss or duplicates.
+//!
+//! The loop:
+//! 1. Read source batches (all sources at once) until a flush threshold is reached — rows, bytes
+//!    or age of the oldest buffered batch — or the sources end (`--once`), or shutdown is asked.
+//! 2. Plan epoch `e` in the checkpoint store (write-ahead): per source, its start position, the
+//!    number of batches and the end position.
+//! 3. Run each batch through the operators (in topological order; each operator's output is
+//!    computed once and shared by everything downstream of it) and write the results to the
+//!    sinks.
+//! 4. Commit every sink. A *required* sink must succeed (retried with backoff, then the run
+//!    fails and nothing is recorded); a *best-effort* sink is retried and, failing that, logged
+//!    and counted, never failing the pipeline.
+//! 5. Save operator state for `e`, then record `e` committed with its source end positions.
+//!
+//! After a crash, a planned but uncommitted epoch is replayed exactly (same start, same number
+//! of batches), then reading continues from its end.
+
+use std::collections::BTreeMap;
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use arrow::array::RecordBatch;
+use futures::StreamExt;
+use futures::stream::SelectAll;
+
+use crate::kernel::parquet_io::{read_parquet, write_parquet};
+use crate::runtime::api::{OpContext, Operator, Position, ReadMode, Sink, Source, SourceBatch, SourceStream, TableRef};
+use crate::runtime::checkpoint::{CheckpointStore, EpochPlan, SourceSpan};
+use crate::{Error, Result};
+
+/// When to close an epoch.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FlushPolicy {
+    /// Buffered deltas.
+    pub max_rows: usize,
+    /// Buffered bytes (Arrow memory).
+    pub max_bytes: usize,
+    /// Age of the oldest buffered batch.
+    pub max_age: Duration,
+}
+
+impl Default for FlushPolicy {
+    fn default() -> Self {
+        Self { max_rows: 100_000, max_bytes: 64 << 20, max_age: Duration::from_secs(5) }
+    }
+}
+
+/// What a node's input is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum NodeRef {
+    /// The source at this index.
+    Source(usize),
+    /// The operator at this index.
+    Operator(usize),
+}
+
+/// An operator in the graph.
+#[derive(Debug)]
+pub struct OperatorNode {
+    /// Its name in the pipeline file.
+    pub name: String,
+    /// The operator.
+    pub operator: Box<dyn Operator>,
+    /// Where its input comes from (a source, or an operator earlier in the list).
+    pub input: NodeRef,
+}
+
+/// A sink in the graph.
+#[derive(Debug)]
+pub struct SinkNode {
+    /// Its name in the pipeline file.
+    pub name: String,
+    /// The sink.
+    pub sink: Box<dyn Sink>,
+    /// Where its input comes from.
+    pub input: NodeRef,
+    /// A required (primary) sink must commit; a best-effort one may fail without failing the run.
+    pub required: bool,
+}
+
+/// A built pipeline, ready to run.
+#[derive(Debug)]
+pub struct PipelineGraph {
+    /// The pipeline's name.
+    pub name: String,
+    /// Where checkpoints and operator state live.
+    pub state_dir: PathBuf,
+    /// Epoch thresholds.
+    pub flush: FlushPolicy,
+    /// The sources.
+    pub sources: Vec<Box<dyn Source>>,
+    /// The operators, in topological order.
+    pub operators: Vec<OperatorNode>,
+    /// The sinks.
+    pub sinks: Vec<SinkNode>,
+}
+
+/// How to run.
+#[derive(Clone, Copy, Debug)]
+pub struct RunOptions {
+    /// `Once` for a one-shot backfill, `Follow` for streaming.
+    pub mode: ReadMode,
+    /// Show a progress bar on a terminal.
+    pub progress: bool,
+}
+
+/// Per-sink outcome.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct SinkSummary {
+    /// Deltas committed.
+    pub rows: u64,
+    /// Bytes committed, where known.
+    pub bytes: u64,
+    /// Epochs committed.
+    pub commits: u64,
+    /// Commits that failed after retries (best-effort sinks only).
+    pub failures: u64,
+}
+
+/// What a run did.
+#[derive(Clone, Debug, Default)]
+pub struct RunSummary {
+    /// The pipeline.
+    pub pipeline: String,
+    /// Deltas read per source.
+    pub source_rows: BTreeMap<String, u64>,
+    /// Per sink.
+    pub sinks: BTreeMap<String, SinkSummary>,
+    /// Epochs committed by this run (including a replayed one).
+    pub epochs: u64,
+    /// The last committed epoch.
+    pub last_epoch: u64,
+    /// Whether a planned, uncommitted epoch was replayed at start.
+    pub replayed: bool,
+    /// Wall time.
+    pub elapsed: Duration,
+}
+
+impl std::fmt::Display for RunSummary {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let read: u64 = self.source_rows.values().sum();
+        let secs = self.elapsed.as_secs_f64().max(1e-9);
+        writeln!(f, "pipeline {}: {} epochs committed (last epoch {}), {:.2}s", self.pipeline, self.epochs, self.last_epoch, secs)?;
+        if self.replayed {
+            writeln!(f, "  replayed an epoch left uncommitted by an earlier run")?;
+        }
+        for (name, rows) in &self.source_rows {
+            writeln!(f, "  source {name}: {rows} deltas read")?;
+        }
+        writeln!(f, "  throughput: {:.0} deltas/s", read as f64 / secs)?;
+        for (name, s) in &self.sinks {
+            write!(f, "  sink {name}: {} deltas, {} bytes, {} commits", s.rows, s.bytes, s.commits)?;
+            if s.failures > 0 {
+                write!(f, ", {} FAILED commits", s.failures)?;
+            }
+            writeln!(f)?;
+        }
+        Ok(())
+    }
+}
+
+/// Attempts and first backoff for sink commits.
+const COMMIT_ATTEMPTS: u32 = 4;
+const COMMIT_BACKOFF: Duration = Duration::from_millis(200);
+
+/// Runs `graph` until its sources end (`Once`) or shutdown is requested (Ctrl-C, or `shutdown`
+/// resolving). The in-flight epoch is finished and committed before returning.
+pub async fn run(mut graph: PipelineGraph, options: RunOptions, shutdown: impl std::future::Future<Output = ()> + Send) -> Result<RunSummary> {
+    let started = Instant::now();
+    let store = CheckpointStore::open(&graph.state_dir).await?;
+    let mut summary = RunSummary { pipeline: graph.name.clone(), ..Default::default() };
+    for s in &graph.sinks {
+        summary.sinks.insert(s.name.clone(), SinkSummary::default());
+    }
+
+    // Tables per source, and what each sink must prepare.
+    let mut source_tables = Vec::new();
+    for source in &mut graph.sources {
+        source_tables.push(source.tables().await?);
+        summary.source_rows.insert(source.name().to_string(), 0);
+    }
+    for node in &mut graph.sinks {
+        let root = root_source(&graph.operators, node.input);
+        node.sink.prepare(&source_tables[root]).await?;
+    }
+
+    let last = store.last_committed().await?;
+    let mut epoch = last.as_ref().map_or(0, |p| p.epoch);
+    restore_operators(&graph.state_dir, &mut graph.operators, epoch)?;
+    let mut positions: Vec<Option<Position>> = graph
+        .sources
+        .iter()
+        .map(|s| last.as_ref().and_then(|p| p.sources.get(s.name())).and_then(|span| span.end.clone()))
+        .collect();
+
+    // Replay an epoch a crash left planned but uncommitted.
+    if let Some(plan) = store.pending().await? {
+        tracing::warn!(pipeline = %graph.name, epoch = plan.epoch, "replaying an epoch left uncommitted by an earlier run");
+        let mut batches = Vec::new();
+        for (i, source) in graph.sources.iter_mut().enumerate() {
+            let Some(span) = plan.sources.get(source.name()) else { continue };
+            let mut stream = source.open(span.start.clone(), ReadMode::Once).await?;
+            for _ in 0..span.batches {
+                let batch = stream.next().await.ok_or_else(|| {
+                    Error::invalid("source", format!("source {:?} ended before replaying epoch {}: its input changed", source.name(), plan.epoch))
+                })??;
+                batches.push((i, batch));
+            }
+            let reached = batches.iter().rev().find(|(j, _)| *j == i).map(|(_, b)| b.position.clone());
+            if span.batches > 0 && reached != span.end {
+                return Err(Error::invalid("source", format!("source {:?} did not replay epoch {} to the same position: its input changed", source.name(), plan.epoch)));
+            }
+        }
+        commit_epoch(&mut graph, &store, plan.epoch, batches, &mut positions, &mut summary).await?;
+        epoch = plan.epoch;
+        summary.replayed = true;
+    }
+
+    let mode = options.mode;
+    let mut streams: SelectAll<futures::stream::BoxStream<'static, (usize, Result<SourceBatch>)>> = SelectAll::new();
+    for (i, source) in graph.sources.iter_mut().enumerate() {
+        let stream: SourceStream = source.open(positions[i].clone(), mode).await?;
+        streams.push(stream.map(move |b| (i, b)).boxed());
+    }
+    let progress = Progress::new(options.progress, &graph.name);
+    let mut shutdown = std::pin::pin!(shutdown);
+    let mut stopping = false;
+    let mut buffered: Vec<(usize, SourceBatch)> = Vec::new();
+    let (mut rows, mut bytes) = (0usize, 0usize);
+    let mut oldest: Option<Instant> = None;
+    loop {
+        let deadline = oldest.map(|t| t + graph.flush.max_age);
+        let next = tokio::select! {
+            item = streams.next(), if !stopping => item.map(Some),
+            _ = sleep_until(deadline), if deadline.is_some() => Some(None),
+            _ = &mut shutdown, if !stopping => {
+                tracing::info!(pipeline = %graph.name, "shutting down: finishing the in-flight epoch");
+                stopping = true;
+                Some(None)
+            }
+        };
+        let ended = next.is_none();
+        if let Some(Some((i, batch))) = next {
+            let batch = batch?;
+            rows += batch.batch.num_rows();
+            bytes += batch.batch.get_array_memory_size();
+            *summary.source_rows.entry(graph.sources[i].name().to_string()).or_default() += batch.batch.num_rows() as u64;
+            progress.read(batch.batch.num_rows());
+            oldest.get_or_insert_with(Instant::now);
+            buffered.push((i, batch));
+        }
+        let due = rows >= graph.flush.max_rows
+            || bytes >= graph.flush.max_bytes
+            || deadline.is_some_and(|d| Instant::now() >= d)
+            || ended
+            || stopping;
+        if due && !buffered.is_empty() {
+            epoch += 1;
+            commit_epoch(&mut graph, &store, epoch, std::mem::take(&mut buffered), &mut positions, &mut summary).await?;
+            progress.committed(epoch);
+            (rows, bytes, oldest) = (0, 0, None);
+        }
+        if ended || stopping {
+            break;
+        }
+    }
+    progress.finish();
+    summary.last_epoch = epoch;
+    summary.elapsed = started.elapsed();
+    Ok(summary)
+}
+
+async fn sleep_until(deadline: Option<Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d.into()).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// The source an input ultimately reads from.
+fn root_source(operators: &[OperatorNode], mut node: NodeRef) -> usize {
+    loop {
+        match node {
+            NodeRef::Source(i) => return i,
+            NodeRef::Operator(i) => node = operators[i].input,
+        }
+    }
+}
+
+/// Plans, processes, commits and records one epoch.
+async fn commit_epoch(
+    graph: &mut PipelineGraph,
+    store: &CheckpointStore,
+    epoch: u64,
+    batches: Vec<(usize, SourceBatch)>,
+    positions: &mut [Option<Position>],
+    summary: &mut RunSummary,
+) -> Result<()> {
+    let mut plan = EpochPlan { epoch, sources: BTreeMap::new() };
+    for (i, source) in graph.sources.iter().enumerate() {
+        let taken: Vec<&SourceBatch> = batches.iter().filter(|(j, _)| *j == i).map(|(_, b)| b).collect();
+        if taken.is_empty() {
+            continue;
+        }
+        plan.sources.insert(
+            source.name().to_string(),
+            SourceSpan { start: positions[i].clone(), batches: taken.len() as u64, end: taken.last().map(|b| b.position.clone()) },
+        );
+    }
+    store.record_planned(&plan).await?;
+
+    let ctx = OpContext { now_ms: SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0) };
+    for (i, batch) in &batches {
+        let mut outputs: BTreeMap<NodeRef, Vec<RecordBatch>> = BTreeMap::new();
+        outputs.insert(NodeRef::Source(*i), vec![batch.batch.clone()]);
+        for (k, node) in graph.operators.iter_mut().enumerate() {
+            let Some(input) = outputs.get(&node.input).cloned() else { continue };
+            let mut out = Vec::new();
+            for b in input {
+                out.extend(node.operator.process(&batch.table, b, &ctx)?);
+            }
+            outputs.insert(NodeRef::Operator(k), out);
+        }
+        for node in &mut graph.sinks {
+            for b in outputs.get(&node.input).into_iter().flatten() {
+                write_with_policy(node, &batch.table, b.clone()).await?;
+            }
+        }
+    }
+
+    for node in &mut graph.sinks {
+        let mut attempt = 0;
+        let result = loop {
+            attempt += 1;
+            match node.sink.commit(epoch).await {
+                Ok(stats) => break Ok(stats),
+                Err(e) if attempt < COMMIT_ATTEMPTS && is_retryable(&e) => {
+                    tracing::warn!(sink = %node.name, epoch, attempt, error = %e, "sink commit failed; retrying");
+                    tokio::time::sleep(COMMIT_BACKOFF * 2u32.pow(attempt - 1)).await;
+                }
+                Err(e) => break Err(e),
+            }
+        };
+        let entry = summary.sinks.entry(node.name.clone()).or_default();
+        match result {
+            Ok(stats) => {
+                entry.rows += stats.rows;
+                entry.bytes += stats.bytes;
+                entry.commits += 1;
+            }
+            Err(e) if !node.required => {
+                entry.failures += 1;
+                tracing::error!(sink = %node.name, epoch, error = %e, "best-effort sink failed to commit; its data for this epoch is skipped");
+            }
+            Err(e) => {
+                return Err(Error::External {
+                    system: "sink",
+                    message: format!("required sink {:?} failed to commit epoch {epoch}: {e}", node.name),
+                    retryable: is_retryable(&e),
+                    source: Some(Box::new(e)),
+                });
+            }
+        }
+    }
+
+    save_operators(&graph.state_dir, &mut graph.operators, epoch)?;
+    store.record_committed(epoch).await?;
+    remove_old_operator_state(&graph.state_dir, &graph.operators, epoch);
+    for (i, source) in graph.sources.iter().enumerate() {
+        if let Some(span) = plan.sources.get(source.name()) {
+            positions[i] = span.end.clone();
+        }
+    }
+    summary.epochs += 1;
+    tracing::info!(pipeline = %graph.name, epoch, batches = batches.len(), "epoch committed");
+    Ok(())
+}
+
+async fn write_with_policy(node: &mut SinkNode, table: &TableRef, batch: RecordBatch) -> Result<()> {
+    match node.sink.write(table, batch).await {
+        Ok(()) => Ok(()),
+        Err(e) if !node.required => {
+            tracing::warn!(sink = %node.name, error = %e, "best-effort sink rejected a write");
+            Ok(())
+        }
+        Err(e) => Err(e),
+    }
+}
+
+fn is_retryable(e: &Error) -> bool {
+    matches!(e.kind(), crate::ErrorKind::External { retryable: true })
+}
+
+fn operator_state_file(state_dir: &std::path::Path, name: &str, epoch: u64) -> PathBuf {
+    state_dir.join("operators").join(format!("{name}.{epoch:012}.parquet"))
+}
+
+fn save_operators(state_dir: &std::path::Path, operators: &mut [OperatorNode], epoch: u64) -> Result<()> {
+    for node in operators {
+        let batches = node.operator.snapshot()?;
+        if batches.is_empty() {
+            continue;
+        }
+        let path = operator_state_file(state_dir, &node.name, epoch);
+        let dir = path.parent().unwrap_or(state_dir);
+        std::fs::create_dir_all(dir).map_err(|e| fs_error(dir, e))?;
+        // One Parquet file per saved batch would be simplest to read; batches differ in schema,
+        // so each goes in its own numbered file, written to a temporary name and renamed.
+        for (k, batch) in batches.iter().enumerate() {
+            let file = path.with_extension(format!("{k}.parquet"));
+            let tmp = file.with_extension("tmp");
+            std::fs::write(&tmp, write_parquet(std::slice::from_ref(batch))?).map_err(|e| fs_error(&tmp, e))?;
+            std::fs::rename(&tmp, &file).map_err(|e| fs_error(&file, e))?;
+        }
+    }
+    Ok(())
+}
+
+fn restore_operators(state_dir: &std::path::Path, operators: &mut [OperatorNode], epoch: u64) -> Result<()> {
+    if epoch == 0 {
+        return Ok(());
+    }
+    for node in operators {
+        let base = operator_state_file(state_dir, &node.name, epoch);
+        let mut saved = Vec::new();
+        for k in 0.. {
+            let file = base.with_extension(format!("{k}.parquet"));
+            let Ok(bytes) = std::fs::read(&file) else { break };
+            saved.extend(read_parquet(bytes.into())?);
+        }
+        if !saved.is_empty() {
+            node.operator.restore(saved)?;
+        }
+    }
+    Ok(())
+}
+
+fn remove_old_operator_state(state_dir: &std::path::Path, operators: &[OperatorNode], epoch: u64) {
+    let dir = state_dir.join("operators");
+    let Ok(entries) = std::fs::read_dir(&dir) else { return };
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().to_string();
+        let stale = operators.iter().any(|op| {
+            name.strip_prefix(&format!("{}.", op.name))
+                .and_then(|rest| rest.get(..12))
+                .and_then(|e| e.parse::<u64>().ok())
+                .is_some_and(|e| e < epoch)
+        });
+        if stale {
+            let _ = std::fs::remove_file(entry.path());
+        }
+    }
+}
+
+fn fs_error(path: &std::path::Path, e: std::io::Error) -> Error {
+    Error::External { system: "filesystem", message: format!("{}: {e}", path.display()), retryable: false, source: Some(Box::new(e)) }
+}
+
+/// Progress on a terminal (a spinner with counts and rate), nothing otherwise (epochs are
+/// logged through `tracing` either way).
+struct Progress {
+    bar: Option<indicatif::ProgressBar>,
+}
+
+impl Progress {
+    fn new(enabled: bool, name: &str) -> Self {
+        let bar = (enabled && std::io::stderr().is_terminal()).then(|| {
+            let bar = indicatif::ProgressBar::new_spinner();
+            bar.set_style(
+                indicatif::ProgressStyle::with_template("{spinner} {prefix}: {human_pos} deltas read ({per_sec}) {msg}")
+                    .unwrap_or_else(|_| indicatif::ProgressStyle::default_spinner()),
+            );
+            bar.set_prefix(name.to_string());
+            bar.enable_steady_tick(Duration::from_millis(200));
+            bar
+        });
+        Self { bar }
+    }
+
+    fn read(&self, rows: usize) {
+        if let Some(bar) = &self.bar {
+            bar.inc(rows as u64);
+        }
+    }
+
+    fn committed(&self, epoch: u64) {
+        if let Some(bar) = &self.bar {
+            bar.set_message(format!("epoch {epoch} committed"));
+        }
+    }
+
+    fn finish(&self) {
+        if let Some(bar) = &self.bar {
+            bar.finish_and_clear();
+        }
+    }
+}

@@ -1,0 +1,471 @@
+//! The Iceberg sink, the lake query and pyiceberg interop, on the embedded lake: the SQL
+//! catalogue on a SQLite file and a local-file warehouse, in a temporary directory.
+//!
+//! Reading the rows back — natively through an Iceberg scan, through `lakesync::query`, and
+//! through pyiceberg — is what proves that every commit is a real snapshot whose manifests
+//! reference the data files.
+
+use std::path::PathBuf;
+use std::process::Command;
+use std::sync::Arc;
+use std::time::Instant;
+
+use arrow::array::{Array, ArrayRef, AsArray, RecordBatch};
+use arrow::datatypes::{DataType, Float64Type, Int32Type, Int64Type, TimestampMicrosecondType};
+use futures::TryStreamExt;
+use lakesync::adapters::iceberg::mapping::to_delta_batch;
+use lakesync::adapters::iceberg::sink::{EPOCH_PROPERTY, PIPELINE_PROPERTY, SINK_PROPERTY};
+use lakesync::adapters::iceberg::{IcebergCatalogConfig, IcebergSink, connect};
+use lakesync::kernel::delta::RowDelta;
+use lakesync::kernel::delta_batch::{batch_to_deltas, deltas_to_batch};
+use lakesync::kernel::schema::{ColumnDef, ColumnType, TableSchema};
+use lakesync::query::query;
+use lakesync::runtime::api::{CommitStats, Sink, TableRef};
+use lakesync::synth::{Workload, tasks_schema};
+use lakesync::{Error, ErrorKind};
+use serde_json::Value;
+
+use crate::support;
+
+/// A throw-away lake.
+struct Lake {
+    _dir: tempfile::TempDir,
+    db: PathBuf,
+    warehouse: PathBuf,
+    config: IcebergCatalogConfig,
+}
+
+fn lake() -> Lake {
+    let dir = tempfile::tempdir().expect("create a temporary directory");
+    let db = dir.path().join("catalog.sqlite");
+    let warehouse = dir.path().join("warehouse");
+    let config = IcebergCatalogConfig::sql(&db, &warehouse);
+    Lake {
+        _dir: dir,
+        db,
+        warehouse,
+        config,
+    }
+}
+
+const WALL_MS: u64 = 1_780_000_000_000;
+
+fn tasks() -> TableRef {
+    Arc::new(tasks_schema())
+}
+
+/// `count` synthetic deltas of `tasks` (inserts, column-level updates, deletes).
+fn task_deltas(count: usize, seed: u64, start_wall_ms: u64) -> Vec<RowDelta> {
+    Workload::new(60, 4, seed).deltas(count, start_wall_ms)
+}
+
+/// Deltas as the delta contract round-trips them (JSON numbers normalised), by deltaId.
+fn canonical(table: &TableSchema, batches: &[RecordBatch]) -> Vec<RowDelta> {
+    let mut out: Vec<RowDelta> = batches
+        .iter()
+        .flat_map(|b| batch_to_deltas(b).expect("a delta batch converts to rows"))
+        .collect();
+    out.sort_by_key(|d| d.delta_id.0);
+    assert!(out.iter().all(|d| d.table == table.table));
+    out
+}
+
+/// What the lake returned, as delta rows by deltaId.
+fn lake_deltas(table: &TableSchema, batches: &[RecordBatch]) -> Vec<RowDelta> {
+    let deltas: Vec<RecordBatch> = batches
+        .iter()
+        .map(|b| to_delta_batch(table, b).expect("a lake batch converts to a delta batch"))
+        .collect();
+    canonical(table, &deltas)
+}
+
+async fn write(sink: &mut IcebergSink, table: &TableRef, deltas: &[RowDelta]) {
+    // Two writes per call, so that commits cover several buffered batches.
+    let (a, b) = deltas.split_at(deltas.len() / 2);
+    for part in [a, b] {
+        let batch = deltas_to_batch(table, part).expect("build a delta batch");
+        sink.write(table, batch).await.expect("sink write");
+    }
+}
+
+/// The table's current metadata, loaded afresh.
+async fn load(config: &IcebergCatalogConfig, table: &str) -> ::iceberg::table::Table {
+    let catalog = connect(config).await.expect("connect to the catalog");
+    let ident = ::iceberg::TableIdent::from_strs(["lakesync", table]).expect("table ident");
+    catalog.load_table(&ident).await.expect("load the table")
+}
+
+/// Every row of the table's current snapshot, through iceberg-rust's own scan.
+async fn scan_native(config: &IcebergCatalogConfig, table: &str) -> Vec<RecordBatch> {
+    load(config, table)
+        .await
+        .scan()
+        .select_all()
+        .build()
+        .expect("plan a scan")
+        .to_arrow()
+        .await
+        .expect("start the scan")
+        .try_collect()
+        .await
+        .expect("scan the table")
+}
+
+async fn count(config: &IcebergCatalogConfig, sql: &str) -> i64 {
+    let batches = query(config, sql).await.expect("count query");
+    batches[0].column(0).as_primitive::<Int64Type>().value(0)
+}
+
+#[tokio::test]
+async fn sink_commits_each_epoch_as_one_snapshot_and_drops_replays() {
+    let lake = lake();
+    let tasks = tasks();
+    let mut sink = IcebergSink::connect(&lake.config, "lakesync", "quickstart", "lake")
+        .await
+        .expect("connect the sink");
+    sink.prepare(std::slice::from_ref(&tasks))
+        .await
+        .expect("prepare");
+    assert_eq!(sink.committed_epoch().await.expect("committed_epoch"), None);
+
+    let epoch1 = task_deltas(300, 1, WALL_MS);
+    let epoch2 = task_deltas(200, 2, WALL_MS + 60_000);
+    write(&mut sink, &tasks, &epoch1).await;
+    let stats1 = sink.commit(1).await.expect("commit epoch 1");
+    assert_eq!(stats1.rows, 300);
+    assert!(stats1.bytes > 0);
+    write(&mut sink, &tasks, &epoch2).await;
+    let stats2 = sink.commit(2).await.expect("commit epoch 2");
+    assert_eq!(stats2.rows, 200);
+    assert_eq!(sink.committed_epoch().await.expect("committed_epoch"), Some(2));
+    // Nothing buffered: a commit adds no snapshot.
+    assert_eq!(sink.commit(3).await.expect("empty commit"), CommitStats::default());
+
+    // One snapshot per epoch, each marked with pipeline, sink and epoch.
+    let table = load(&lake.config, "tasks").await;
+    let metadata = table.metadata();
+    assert_eq!(metadata.snapshots().len(), 2);
+    let current = metadata.current_snapshot().expect("a current snapshot");
+    let summary = &current.summary().additional_properties;
+    assert_eq!(summary[PIPELINE_PROPERTY], "quickstart");
+    assert_eq!(summary[SINK_PROPERTY], "lake");
+    assert_eq!(summary[EPOCH_PROPERTY], "2");
+    assert_eq!(summary["added-records"], "200");
+    assert_eq!(summary["total-records"], "500");
+
+    // What was written comes back, exactly: natively and through the query engine.
+    let all: Vec<RowDelta> = epoch1.iter().chain(&epoch2).cloned().collect();
+    let expected = canonical(&tasks, &[deltas_to_batch(&tasks, &all).expect("batch")]);
+    let native = scan_native(&lake.config, "tasks").await;
+    assert_eq!(lake_deltas(&tasks, &native), expected);
+    let queried = query(&lake.config, "SELECT * FROM lake.lakesync.tasks")
+        .await
+        .expect("query");
+    assert_eq!(lake_deltas(&tasks, &queried), expected);
+    assert_eq!(count(&lake.config, "SELECT count(*) FROM lakesync.tasks").await, 500);
+    assert_eq!(count(&lake.config, "SELECT count(*) FROM tasks WHERE _op = 3").await,
+        all.iter().filter(|d| d.op.code() == 3).count() as i64);
+
+    // A replay of a committed epoch adds nothing, in this sink and in a restarted one.
+    write(&mut sink, &tasks, &epoch1).await;
+    assert_eq!(sink.commit(1).await.expect("replayed commit"), CommitStats::default());
+    let mut restarted = IcebergSink::connect(&lake.config, "lakesync", "quickstart", "lake")
+        .await
+        .expect("reconnect");
+    restarted
+        .prepare(std::slice::from_ref(&tasks))
+        .await
+        .expect("prepare again");
+    assert_eq!(restarted.committed_epoch().await.expect("committed_epoch"), Some(2));
+    write(&mut restarted, &tasks, &epoch2).await;
+    assert_eq!(restarted.commit(2).await.expect("replayed commit"), CommitStats::default());
+    assert_eq!(load(&lake.config, "tasks").await.metadata().snapshots().len(), 2);
+    assert_eq!(count(&lake.config, "SELECT count(*) FROM tasks").await, 500);
+
+    // Epoch marks are per pipeline and sink: another pipeline's epoch 1 is its own.
+    let mut other = IcebergSink::connect(&lake.config, "lakesync", "backfill", "lake")
+        .await
+        .expect("connect another pipeline");
+    other.prepare(std::slice::from_ref(&tasks)).await.expect("prepare");
+    assert_eq!(other.committed_epoch().await.expect("committed_epoch"), None);
+    write(&mut other, &tasks, &task_deltas(10, 3, WALL_MS + 120_000)).await;
+    assert_eq!(other.commit(1).await.expect("commit").rows, 10);
+    assert_eq!(other.committed_epoch().await.expect("committed_epoch"), Some(1));
+    assert_eq!(restarted.committed_epoch().await.expect("committed_epoch"), Some(2));
+    assert_eq!(count(&lake.config, "SELECT count(*) FROM tasks").await, 510);
+}
+
+#[tokio::test]
+async fn later_prepares_add_tables_and_evolve_schemas() {
+    let lake = lake();
+    let tasks = tasks();
+    let mut sink = IcebergSink::connect(&lake.config, "lakesync", "p", "lake")
+        .await
+        .expect("connect the sink");
+    sink.prepare(std::slice::from_ref(&tasks))
+        .await
+        .expect("prepare");
+    let epoch1 = task_deltas(100, 4, WALL_MS);
+    write(&mut sink, &tasks, &epoch1).await;
+    sink.commit(1).await.expect("commit epoch 1");
+
+    // A new table appears; until it has a commit of its own, it holds committed_epoch back.
+    let notes: TableRef = Arc::new(TableSchema::new(
+        "notes",
+        vec![ColumnDef::new("body", ColumnType::String)],
+    ));
+    // The tasks table gains a column.
+    let mut wider = tasks_schema();
+    wider.columns.push(ColumnDef::new("points", ColumnType::Integer));
+    let wider: TableRef = Arc::new(wider);
+    sink.prepare(&[wider.clone(), notes.clone()])
+        .await
+        .expect("prepare the evolved schema and the new table");
+    assert_eq!(sink.committed_epoch().await.expect("committed_epoch"), None);
+    let fields: Vec<String> = load(&lake.config, "tasks")
+        .await
+        .metadata()
+        .current_schema()
+        .as_struct()
+        .fields()
+        .iter()
+        .map(|f| f.name.clone())
+        .collect();
+    assert_eq!(fields.last().map(String::as_str), Some("points"));
+
+    let mut epoch2 = task_deltas(50, 5, WALL_MS + 60_000);
+    for (i, d) in epoch2.iter_mut().enumerate() {
+        if d.op.code() != 3 && i % 2 == 0 {
+            d.columns
+                .push(lakesync::kernel::delta::ColumnDelta::new("points", serde_json::json!(i)));
+            *d = RowDelta::new(
+                d.op,
+                "tasks",
+                d.row_id.clone(),
+                d.client_id.clone(),
+                d.columns.clone(),
+                d.hlc,
+            );
+        }
+    }
+    let with_points = epoch2.iter().filter(|d| d.columns.iter().any(|c| c.column == "points")).count();
+    assert!(with_points > 0);
+    write(&mut sink, &wider, &epoch2).await;
+    let note_deltas: Vec<RowDelta> = (0..7)
+        .map(|i| {
+            RowDelta::new(
+                lakesync::kernel::delta::DeltaOp::Insert,
+                "notes",
+                format!("n{i}"),
+                "client-n",
+                vec![lakesync::kernel::delta::ColumnDelta::new(
+                    "body",
+                    serde_json::json!(format!("note {i}")),
+                )],
+                lakesync::kernel::hlc::HlcTimestamp(((WALL_MS + 70_000) << 16) | i),
+            )
+        })
+        .collect();
+    write(&mut sink, &notes, &note_deltas).await;
+    let stats = sink.commit(2).await.expect("commit epoch 2");
+    assert_eq!(stats.rows, 57);
+    assert_eq!(sink.committed_epoch().await.expect("committed_epoch"), Some(2));
+
+    assert_eq!(count(&lake.config, "SELECT count(*) FROM notes").await, 7);
+    assert_eq!(
+        count(&lake.config, "SELECT count(points) FROM tasks").await,
+        with_points as i64
+    );
+    // Old rows read back under the wider schema: `points` untouched by every one of them.
+    let all: Vec<RowDelta> = epoch1.iter().chain(&epoch2).cloned().collect();
+    let expected = canonical(&wider, &[deltas_to_batch(&wider, &all).expect("batch")]);
+    let native = scan_native(&lake.config, "tasks").await;
+    assert_eq!(lake_deltas(&wider, &native), expected);
+
+    // A change that is not add-only is refused, naming the table and the column.
+    let mut retyped = tasks_schema();
+    retyped.columns[3].column_type = ColumnType::Number;
+    let err = sink
+        .prepare(&[Arc::new(retyped)])
+        .await
+        .expect_err("a retyped column is refused");
+    assert_eq!(err.kind(), ErrorKind::User);
+    let message = err.to_string();
+    assert!(message.contains("lakesync.tasks") && message.contains("\"priority\""), "{message}");
+    assert!(matches!(err, Error::Schema(_)), "{err:?}");
+
+    // A batch for a table the sink was not prepared for is refused.
+    let stranger: TableRef = Arc::new(TableSchema::new("stranger", vec![]));
+    let empty = sink
+        .write(&stranger, deltas_to_batch(&stranger, &[]).expect("empty batch"))
+        .await;
+    assert!(empty.is_ok(), "an empty batch is ignored");
+    let one = RowDelta::new(
+        lakesync::kernel::delta::DeltaOp::Delete,
+        "stranger",
+        "r",
+        "c",
+        vec![],
+        lakesync::kernel::hlc::HlcTimestamp(1),
+    );
+    let err = sink
+        .write(&stranger, deltas_to_batch(&stranger, &[one]).expect("batch"))
+        .await
+        .expect_err("unprepared table");
+    assert!(err.to_string().contains("\"stranger\""), "{err}");
+}
+
+/// One JSON object per row, in the canonical form tests/python/read_iceberg.py prints.
+fn json_rows(batches: &[RecordBatch]) -> Vec<Value> {
+    let mut rows = Vec::new();
+    for batch in batches {
+        let schema = batch.schema();
+        for i in 0..batch.num_rows() {
+            let mut row = serde_json::Map::new();
+            for (field, column) in schema.fields().iter().zip(batch.columns()) {
+                row.insert(field.name().clone(), json_cell(column, i));
+            }
+            rows.push(Value::Object(row));
+        }
+    }
+    rows.sort_by(|a, b| a["_delta_id"].as_str().cmp(&b["_delta_id"].as_str()));
+    rows
+}
+
+fn json_cell(column: &ArrayRef, i: usize) -> Value {
+    if column.is_null(i) {
+        return Value::Null;
+    }
+    match column.data_type() {
+        DataType::Int32 => Value::from(column.as_primitive::<Int32Type>().value(i)),
+        DataType::Int64 => Value::from(column.as_primitive::<Int64Type>().value(i)),
+        DataType::Float64 => Value::from(column.as_primitive::<Float64Type>().value(i)),
+        DataType::Boolean => Value::from(column.as_boolean().value(i)),
+        DataType::Utf8 => Value::from(column.as_string::<i32>().value(i)),
+        DataType::Utf8View => Value::from(column.as_string_view().value(i)),
+        DataType::LargeUtf8 => Value::from(column.as_string::<i64>().value(i)),
+        DataType::FixedSizeBinary(_) => Value::from(
+            column
+                .as_fixed_size_binary()
+                .value(i)
+                .iter()
+                .map(|b| format!("{b:02x}"))
+                .collect::<String>(),
+        ),
+        DataType::Timestamp(arrow::datatypes::TimeUnit::Microsecond, _) => {
+            Value::from(column.as_primitive::<TimestampMicrosecondType>().value(i))
+        }
+        DataType::List(_) => {
+            let values = column.as_list::<i32>().value(i);
+            Value::Array((0..values.len()).map(|j| json_cell(&values, j)).collect())
+        }
+        other => panic!("no canonical JSON form for {other}"),
+    }
+}
+
+#[tokio::test]
+async fn pyiceberg_reads_what_lakesync_wrote() {
+    let Some(python) = support::service_env("pyiceberg", "LAKESYNC_PYTHON") else {
+        return;
+    };
+    let lake = lake();
+    let tasks = tasks();
+    let mut sink = IcebergSink::connect(&lake.config, "lakesync", "quickstart", "lake")
+        .await
+        .expect("connect the sink");
+    sink.prepare(std::slice::from_ref(&tasks))
+        .await
+        .expect("prepare");
+    write(&mut sink, &tasks, &task_deltas(400, 6, WALL_MS)).await;
+    sink.commit(1).await.expect("commit epoch 1");
+    write(&mut sink, &tasks, &task_deltas(250, 7, WALL_MS + 60_000)).await;
+    sink.commit(2).await.expect("commit epoch 2");
+
+    let ours = json_rows(
+        &query(&lake.config, "SELECT * FROM lakesync.tasks")
+            .await
+            .expect("query"),
+    );
+    assert_eq!(ours.len(), 650);
+
+    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/python/read_iceberg.py");
+    let started = Instant::now();
+    let output = Command::new(&python)
+        .arg(&script)
+        .arg(&lake.db)
+        .arg(&lake.warehouse)
+        .arg("lakesync.tasks")
+        .arg(lake.config.name())
+        .output()
+        .expect("run the pyiceberg reader");
+    let elapsed = started.elapsed();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "pyiceberg reader failed:\n{stderr}");
+    eprintln!("pyiceberg: {} (process {elapsed:.2?})", stderr.trim());
+    let theirs: Vec<Value> = String::from_utf8(output.stdout)
+        .expect("UTF-8 output")
+        .lines()
+        .map(|line| serde_json::from_str(line).expect("a JSON line"))
+        .collect();
+
+    assert_eq!(theirs.len(), ours.len(), "row counts differ");
+    for (a, b) in theirs.iter().zip(&ours) {
+        assert_eq!(a, b, "pyiceberg and lakesync::query disagree on a row");
+    }
+}
+
+/// Throughput of the sink in this build, for orientation (not a test of speed):
+/// `cargo test --test it iceberg_sink_throughput -- --ignored --nocapture`, with
+/// `LAKESYNC_BENCH_DELTAS` deltas (default 1,000,000) in epochs of 100,000.
+#[tokio::test]
+#[ignore = "a measurement, run by hand"]
+async fn iceberg_sink_throughput() {
+    let total: usize = std::env::var("LAKESYNC_BENCH_DELTAS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1_000_000);
+    let per_epoch = 100_000.min(total);
+    let lake = lake();
+    let tasks = tasks();
+    let mut sink = IcebergSink::connect(&lake.config, "lakesync", "bench", "lake")
+        .await
+        .expect("connect the sink");
+    sink.prepare(std::slice::from_ref(&tasks))
+        .await
+        .expect("prepare");
+    let mut workload = Workload::new(100_000, 16, 42);
+    let (mut generate, mut sink_time, mut bytes, mut written) =
+        (std::time::Duration::ZERO, std::time::Duration::ZERO, 0u64, 0usize);
+    let mut epoch = 0;
+    while written < total {
+        epoch += 1;
+        let n = per_epoch.min(total - written);
+        let started = Instant::now();
+        let deltas = workload.deltas(n, WALL_MS + epoch * 1_000_000);
+        let batches: Vec<RecordBatch> = deltas
+            .chunks(8192)
+            .map(|c| deltas_to_batch(&tasks, c).expect("batch"))
+            .collect();
+        generate += started.elapsed();
+        let started = Instant::now();
+        for batch in batches {
+            sink.write(&tasks, batch).await.expect("write");
+        }
+        let stats = sink.commit(epoch).await.expect("commit");
+        sink_time += started.elapsed();
+        bytes += stats.bytes;
+        written += n;
+    }
+    let started = Instant::now();
+    let rows = count(&lake.config, "SELECT count(*) FROM tasks").await;
+    let count_time = started.elapsed();
+    assert_eq!(rows as usize, total);
+    let rate = total as f64 / sink_time.as_secs_f64();
+    eprintln!(
+        "iceberg sink: {total} deltas in {epoch} epochs: sink {sink_time:.2?} ({rate:.0} deltas/s, \
+         {:.1} MB/s of Parquet, {:.1} bytes/delta); generating + building batches {generate:.2?}; \
+         count(*) query {count_time:.2?}",
+        bytes as f64 / 1e6 / sink_time.as_secs_f64(),
+        bytes as f64 / total as f64
+    );
+}
