@@ -7,7 +7,10 @@ use std::sync::Arc;
 use crate::adapters::iceberg::{IcebergCatalogConfig, IcebergSink};
 use crate::adapters::jsonl::{JsonlFormat, JsonlSource};
 use crate::adapters::parquet::{ParquetCompression, ParquetSink};
-use crate::adapters::sqlite::{SqliteSink, SqliteSinkOptions, SqliteSource, SqliteSourceOptions, SqliteStrategy, SqliteTableSpec};
+use crate::adapters::sqlite::{
+    SqliteSink, SqliteSinkOptions, SqliteSource, SqliteSourceOptions, SqliteStrategy,
+    SqliteTableSpec,
+};
 use crate::config::plan::Plan;
 use crate::config::spec::{self, CatalogSpec, OperatorSpec, SinkSpec, SourceSpec};
 use crate::kernel::rules::ClientFilter;
@@ -34,26 +37,46 @@ pub async fn build(plan: &Plan) -> Result<PipelineGraph> {
         } else if let Some(&i) = ops.get(input) {
             Ok(NodeRef::Operator(i))
         } else {
-            Err(Error::internal(format!("validated plan has a dangling input {input:?}")))
+            Err(Error::internal(format!(
+                "validated plan has a dangling input {input:?}"
+            )))
         }
     };
     for name in &plan.operator_order {
-        let spec = plan.operators.get(name).ok_or_else(|| Error::internal(format!("operator {name:?} missing")))?;
+        let spec = plan
+            .operators
+            .get(name)
+            .ok_or_else(|| Error::internal(format!("operator {name:?} missing")))?;
         let input = node(spec.input(), &operator_index)?;
         let operator = match spec {
             OperatorSpec::Filter(_) => {
-                let filter = plan.filters.get(name).ok_or_else(|| Error::internal(format!("filter {name:?} has no plan")))?;
+                let filter = plan
+                    .filters
+                    .get(name)
+                    .ok_or_else(|| Error::internal(format!("filter {name:?} has no plan")))?;
                 let lane_tables = tables_of(plan, root(plan, spec.input()));
-                Box::new(FilterOperator::new(name.clone(), ClientFilter::new(&filter.rules, &filter.claims)).with_tables(&lane_tables))
+                Box::new(
+                    FilterOperator::new(
+                        name.clone(),
+                        ClientFilter::new(&filter.rules, &filter.claims),
+                    )
+                    .with_tables(&lane_tables),
+                )
             }
         };
         operator_index.insert(name.clone(), operators.len());
-        operators.push(OperatorNode { name: name.clone(), operator, input });
+        operators.push(OperatorNode {
+            name: name.clone(),
+            operator,
+            input,
+        });
     }
 
     let mut sinks = Vec::new();
     for (name, spec) in plan.sinks.iter() {
-        let input = spec.input().ok_or_else(|| Error::internal(format!("sink {name:?} has no input")))?;
+        let input = spec
+            .input()
+            .ok_or_else(|| Error::internal(format!("sink {name:?} has no input")))?;
         sinks.push(SinkNode {
             name: name.to_string(),
             sink: build_sink(plan, name, spec).await?,
@@ -86,20 +109,33 @@ fn root<'a>(plan: &'a Plan, mut input: &'a str) -> &'a str {
 
 /// The declared tables of `source`.
 fn tables_of(plan: &Plan, source: &str) -> Vec<TableRef> {
-    plan.source_tables(source).0.into_iter().map(|t| Arc::new(t.clone())).collect()
+    plan.source_tables(source)
+        .0
+        .into_iter()
+        .map(|t| Arc::new(t.clone()))
+        .collect()
 }
 
 async fn build_source(plan: &Plan, name: &str, spec: &SourceSpec) -> Result<Box<dyn Source>> {
     Ok(match spec {
         SourceSpec::Jsonl(s) => {
-            let table = plan
-                .table(&s.table)
-                .ok_or_else(|| Error::internal(format!("jsonl table {:?} not declared", s.table)))?;
+            let table = plan.table(&s.table).ok_or_else(|| {
+                Error::internal(format!("jsonl table {:?} not declared", s.table))
+            })?;
             let format = match s.format {
-                spec::JsonlFormat::Rows => JsonlFormat::Rows { id_column: s.id_column().to_string() },
+                spec::JsonlFormat::Rows => JsonlFormat::Rows {
+                    id_column: s.id_column().to_string(),
+                },
                 spec::JsonlFormat::Deltas => JsonlFormat::Deltas,
             };
-            Box::new(JsonlSource::new(name, plan.resolve_path(&s.path), Arc::new(table.clone()), format, s.client_id(name), None))
+            Box::new(JsonlSource::new(
+                name,
+                plan.resolve_path(&s.path),
+                Arc::new(table.clone()),
+                format,
+                s.client_id(name),
+                None,
+            ))
         }
         SourceSpec::Sqlite(s) => {
             let tables = s
@@ -111,13 +147,22 @@ async fn build_source(plan: &Plan, name: &str, spec: &SourceSpec) -> Result<Box<
                             cursor_column: t.cursor_column.clone().unwrap_or_default(),
                             id_column: t.id_column.clone(),
                         },
-                        spec::CaptureStrategy::Diff => SqliteStrategy::Diff { id_column: t.id_column.clone() },
+                        spec::CaptureStrategy::Diff => SqliteStrategy::Diff {
+                            id_column: t.id_column.clone(),
+                        },
                         spec::CaptureStrategy::DeltaLog => SqliteStrategy::DeltaLog,
                     };
-                    SqliteTableSpec { table: t.table.clone(), strategy, schema: plan.table(&t.table).cloned() }
+                    SqliteTableSpec {
+                        table: t.table.clone(),
+                        strategy,
+                        schema: plan.table(&t.table).cloned(),
+                    }
                 })
                 .collect();
-            let options = SqliteSourceOptions { state_dir: Some(plan.state_dir.join("sources")), ..Default::default() };
+            let options = SqliteSourceOptions {
+                state_dir: Some(plan.state_dir.join("sources")),
+                ..Default::default()
+            };
             Box::new(SqliteSource::open(&plan.resolve_path(&s.path), name, tables, options).await?)
         }
     })
@@ -130,7 +175,15 @@ async fn build_sink(plan: &Plan, name: &str, spec: &SinkSpec) -> Result<Box<dyn 
             Box::new(IcebergSink::connect(&catalog, &s.namespace, &plan.name, name).await?)
         }
         SinkSpec::Sqlite(s) => Box::new(
-            SqliteSink::open(&plan.resolve_path(&s.path), &plan.name, name, SqliteSinkOptions { materialise: s.materialise }).await?,
+            SqliteSink::open(
+                &plan.resolve_path(&s.path),
+                &plan.name,
+                name,
+                SqliteSinkOptions {
+                    materialise: s.materialise,
+                },
+            )
+            .await?,
         ),
         SinkSpec::Parquet(s) => {
             let compression = match s.compression {
@@ -141,10 +194,18 @@ async fn build_sink(plan: &Plan, name: &str, spec: &SinkSpec) -> Result<Box<dyn 
             if s.path.contains("://") {
                 return Err(Error::invalid(
                     "parquet sink",
-                    format!("sinks.{name}.path: {:?}: object-store URLs arrive with the lakehouse adapters; use a local directory", s.path),
+                    format!(
+                        "sinks.{name}.path: {:?}: object-store URLs arrive with the lakehouse adapters; use a local directory",
+                        s.path
+                    ),
                 ));
             }
-            Box::new(ParquetSink::local(name, &plan.name, &plan.resolve_path(&s.path), compression)?)
+            Box::new(ParquetSink::local(
+                name,
+                &plan.name,
+                &plan.resolve_path(&s.path),
+                compression,
+            )?)
         }
         SinkSpec::Tier(s) => {
             let hot = Box::pin(build_sink(plan, &format!("{name}.hot"), &s.hot)).await?;
@@ -157,7 +218,10 @@ async fn build_sink(plan: &Plan, name: &str, spec: &SinkSpec) -> Result<Box<dyn 
 /// The catalogue a spec names, with paths resolved against the pipeline file.
 pub fn catalog_config(plan: &Plan, spec: &CatalogSpec) -> Result<IcebergCatalogConfig> {
     match spec {
-        CatalogSpec::Sql(s) => Ok(IcebergCatalogConfig::sql(plan.resolve_path(&s.uri), plan.resolve_path(&s.warehouse))),
+        CatalogSpec::Sql(s) => Ok(IcebergCatalogConfig::sql(
+            plan.resolve_path(&s.uri),
+            plan.resolve_path(&s.warehouse),
+        )),
         CatalogSpec::Rest(_) => Err(Error::invalid(
             "iceberg catalog",
             "the REST catalogue arrives with the lakehouse adapters; use `type: sql` for the embedded lake",

@@ -59,6 +59,22 @@ enum Command {
     },
     /// Print the JSON Schema of pipeline files (for editors).
     Schema,
+    /// Write synthetic task changes as JSON lines (the jsonl source's `rows` format), for
+    /// benchmarks and experiments.
+    Generate {
+        /// Number of lines (deltas) to write.
+        #[arg(long, default_value_t = 1_000_000)]
+        deltas: usize,
+        /// Number of distinct rows they touch (the first `rows` lines insert them).
+        #[arg(long, default_value_t = 100_000)]
+        rows: usize,
+        /// Seed of the generator.
+        #[arg(long, default_value_t = 42)]
+        seed: u64,
+        /// Output file.
+        #[arg(long)]
+        out: PathBuf,
+    },
     /// Run the kernel end to end on a synthetic workload (no servers needed).
     Demo {
         /// Number of deltas to generate.
@@ -81,7 +97,9 @@ enum Command {
 
 fn main() -> ExitCode {
     tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()))
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
+        )
         .with_writer(std::io::stderr)
         .init();
     match dispatch(Cli::parse().command) {
@@ -94,13 +112,24 @@ fn main() -> ExitCode {
 }
 
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
-    tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the async runtime")
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")
 }
 
 fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
     match command {
-        Command::Run { files, once, poll_interval } => {
-            let mode = if once { ReadMode::Once } else { ReadMode::Follow { poll_interval } };
+        Command::Run {
+            files,
+            once,
+            poll_interval,
+        } => {
+            let mode = if once {
+                ReadMode::Once
+            } else {
+                ReadMode::Follow { poll_interval }
+            };
             runtime()?.block_on(run_files(files, mode))?;
         }
         Command::Validate { files } => {
@@ -110,7 +139,12 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
                 return Ok(ExitCode::FAILURE);
             }
         }
-        Command::Query { sql, pipeline, catalog, warehouse } => {
+        Command::Query {
+            sql,
+            pipeline,
+            catalog,
+            warehouse,
+        } => {
             let config = match pipeline {
                 Some(file) => lake_of(&file)?,
                 None => IcebergCatalogConfig::sql(
@@ -122,10 +156,41 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             println!("{}", lakesync::query::format_batches(&batches));
         }
         Command::Schema => {
-            println!("{}", serde_json::to_string_pretty(&lakesync::config::json_schema())?);
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&lakesync::config::json_schema())?
+            );
         }
-        Command::Demo { deltas, rows, clients, batch_size, out } => {
-            let options = lakesync::demo::DemoOptions { deltas, rows, clients, batch_size, out_dir: out };
+        Command::Generate {
+            deltas,
+            rows,
+            seed,
+            out,
+        } => {
+            let file = std::fs::File::create(&out)
+                .with_context(|| format!("creating {}", out.display()))?;
+            let mut writer = std::io::BufWriter::new(file);
+            let bytes = lakesync::synth::write_jsonl_rows(&mut writer, rows, deltas, seed)?;
+            std::io::Write::flush(&mut writer)?;
+            println!(
+                "wrote {deltas} deltas over {rows} rows to {} ({bytes} bytes)",
+                out.display()
+            );
+        }
+        Command::Demo {
+            deltas,
+            rows,
+            clients,
+            batch_size,
+            out,
+        } => {
+            let options = lakesync::demo::DemoOptions {
+                deltas,
+                rows,
+                clients,
+                batch_size,
+                out_dir: out,
+            };
             let summary = lakesync::demo::run(&options).context("demo failed")?;
             print!("{summary}");
         }
@@ -148,10 +213,20 @@ async fn run_files(files: Vec<PathBuf>, mode: ReadMode) -> anyhow::Result<()> {
     });
     let mut tasks = Vec::new();
     for file in files {
-        let plan = load_plan(&file, &env).with_context(|| format!("{} is not a valid pipeline (run `lakesync validate`)", file.display()))?;
-        let graph = lakesync::build::build(&plan).await.with_context(|| format!("building pipeline {:?}", plan.name))?;
+        let plan = load_plan(&file, &env).with_context(|| {
+            format!(
+                "{} is not a valid pipeline (run `lakesync validate`)",
+                file.display()
+            )
+        })?;
+        let graph = lakesync::build::build(&plan)
+            .await
+            .with_context(|| format!("building pipeline {:?}", plan.name))?;
         let mut stop = stop_rx.clone();
-        let options = RunOptions { mode, progress: true };
+        let options = RunOptions {
+            mode,
+            progress: true,
+        };
         tasks.push(tokio::spawn(async move {
             let shutdown = async move {
                 let _ = stop.wait_for(|s| *s).await;

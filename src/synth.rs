@@ -70,8 +70,14 @@ impl Workload {
     /// `count` deltas: every row is first inserted, later deltas update or delete random rows.
     /// HLC walls advance 1 ms per 8 deltas, so concurrent writers often tie on the wall clock.
     pub fn deltas(&mut self, count: usize, start_wall_ms: u64) -> Vec<RowDelta> {
+        self.deltas_from(0, count, start_wall_ms)
+    }
+
+    /// Like [`Workload::deltas`], continuing a sequence at delta number `first`, so a large
+    /// workload can be produced in bounded memory.
+    pub fn deltas_from(&mut self, first: usize, count: usize, start_wall_ms: u64) -> Vec<RowDelta> {
         let mut out = Vec::with_capacity(count);
-        for i in 0..count {
+        for i in first..first + count {
             let wall = start_wall_ms + (i / 8) as u64;
             let client = self.below(self.clients);
             let hlc = HlcTimestamp((wall << 16) | (i % 8) as u64);
@@ -133,6 +139,44 @@ impl Workload {
             .map(|c| ColumnDelta::new(names[c].clone(), self.cell(row, c)))
             .collect()
     }
+}
+
+/// Writes `deltas` synthetic `tasks` changes over `rows` rows as JSON lines in the jsonl
+/// source's `rows` format (`{"id": …, <columns>…}`, or `{"id": …, "_deleted": true}`), returning
+/// the bytes written. Deterministic for a given seed.
+pub fn write_jsonl_rows(
+    out: &mut impl std::io::Write,
+    rows: usize,
+    deltas: usize,
+    seed: u64,
+) -> std::io::Result<u64> {
+    const CHUNK: usize = 100_000;
+    let mut workload = Workload::new(rows, 16, seed);
+    let mut written = 0u64;
+    let mut line = String::new();
+    let mut done = 0;
+    while done < deltas {
+        let n = CHUNK.min(deltas - done);
+        // Inserts come first in a workload; later chunks continue with updates and deletes.
+        let chunk = workload.deltas_from(done, n, 1_767_225_600_000);
+        for d in chunk {
+            line.clear();
+            let mut obj = serde_json::Map::new();
+            obj.insert("id".into(), Value::String(d.row_id));
+            if d.op == DeltaOp::Delete {
+                obj.insert("_deleted".into(), Value::Bool(true));
+            }
+            for c in d.columns {
+                obj.insert(c.column, c.value);
+            }
+            line.push_str(&Value::Object(obj).to_string());
+            line.push('\n');
+            out.write_all(line.as_bytes())?;
+            written += line.len() as u64;
+        }
+        done += n;
+    }
+    Ok(written)
 }
 
 #[cfg(test)]

@@ -519,8 +519,8 @@ fn as_integer(n: &serde_json::Number) -> Option<i64> {
     }
     let f = n.as_f64()?;
     // Integral doubles in i64 range (2^63 itself is out of range).
-    (f.fract() == 0.0 && f >= -9.223_372_036_854_775_808e18 && f < 9.223_372_036_854_775_808e18)
-        .then_some(f as i64)
+    const TWO_POW_63: f64 = 9_223_372_036_854_775_808.0;
+    (f.fract() == 0.0 && (-TWO_POW_63..TWO_POW_63).contains(&f)).then_some(f as i64)
 }
 
 /// Whether `array` is an all-`true` boolean array (helper for tests and callers).

@@ -358,42 +358,7 @@ pub trait SqlDialect: fmt::Debug + Send + Sync {
     /// on [`conflict_columns`] it overwrites every data column, `deleted_at` and `synced_at`, and
     /// never `props`.
     fn upsert(&self, schema: &TableSchema, rows: usize) -> Result<String> {
-        let columns = upsert_columns(schema);
-        let quoted = columns
-            .iter()
-            .map(|c| self.quote(c))
-            .collect::<Result<Vec<_>>>()?;
-        let mut sql = format!(
-            "INSERT INTO {} ({}) VALUES ",
-            self.table_name(&schema.table)?,
-            quoted.join(", ")
-        );
-        let mut index = 0;
-        for row in 0..rows.max(1) {
-            if row > 0 {
-                sql.push_str(", ");
-            }
-            sql.push('(');
-            for c in 0..columns.len() {
-                if c > 0 {
-                    sql.push_str(", ");
-                }
-                index += 1;
-                sql.push_str(&self.placeholder(index));
-            }
-            sql.push(')');
-        }
-        let set = quoted
-            .iter()
-            .skip(1)
-            .map(|q| format!("{q} = excluded.{q}"))
-            .collect::<Vec<_>>();
-        sql.push_str(&format!(
-            " ON CONFLICT ({}) DO UPDATE SET {}",
-            self.quote_list(&conflict_columns(schema))?,
-            set.join(", ")
-        ));
-        Ok(sql)
+        standard_upsert(self, schema, rows)
     }
 
     /// Marks `rows` rows deleted without rewriting their values. Binds `deleted_at`, `synced_at`,
@@ -451,6 +416,60 @@ pub trait SqlDialect: fmt::Debug + Send + Sync {
     }
 }
 
+/// `INSERT … VALUES (…), … ON CONFLICT (<conflict columns>) DO UPDATE SET <assignments>`: the
+/// upsert SQLite and Postgres share ([`SqlDialect::upsert`]'s default).
+pub fn standard_upsert<D: SqlDialect + ?Sized>(
+    dialect: &D,
+    schema: &TableSchema,
+    rows: usize,
+) -> Result<String> {
+    let columns = upsert_columns(schema);
+    let quoted = columns
+        .iter()
+        .map(|c| dialect.quote(c))
+        .collect::<Result<Vec<_>>>()?;
+    let mut sql = format!(
+        "INSERT INTO {} ({}) VALUES ",
+        dialect.table_name(&schema.table)?,
+        quoted.join(", ")
+    );
+    let mut index = 0;
+    for row in 0..rows.max(1) {
+        if row > 0 {
+            sql.push_str(", ");
+        }
+        sql.push('(');
+        for c in 0..columns.len() {
+            if c > 0 {
+                sql.push_str(", ");
+            }
+            index += 1;
+            sql.push_str(&dialect.placeholder(index));
+        }
+        sql.push(')');
+    }
+    sql.push_str(&format!(
+        " ON CONFLICT ({}) DO UPDATE SET {}",
+        dialect.quote_list(&conflict_columns(schema))?,
+        upsert_assignments(dialect, schema)?
+    ));
+    Ok(sql)
+}
+
+/// `"c" = excluded."c", …` for every upserted column but `row_id`: the data columns,
+/// `deleted_at` (soft-delete tables) and `synced_at`.
+pub fn upsert_assignments<D: SqlDialect + ?Sized>(
+    dialect: &D,
+    schema: &TableSchema,
+) -> Result<String> {
+    Ok(upsert_columns(schema)
+        .iter()
+        .skip(1)
+        .map(|c| dialect.quote(c).map(|q| format!("{q} = excluded.{q}")))
+        .collect::<Result<Vec<_>>>()?
+        .join(", "))
+}
+
 /// Typed access to a state batch, checked against a schema.
 struct StateView<'a> {
     row_id: &'a arrow_array::StringArray,
@@ -470,7 +489,13 @@ impl<'a> StateView<'a> {
         let c = batch.columns();
         let names = [state::ROW_ID, state::DELETED, state::DELETE_VERSION];
         for (i, name) in [0, 2, 4].into_iter().zip(names) {
-            if batch.schema_ref().fields().get(i).map(|f| f.name().as_str()) != Some(name) {
+            if batch
+                .schema_ref()
+                .fields()
+                .get(i)
+                .map(|f| f.name().as_str())
+                != Some(name)
+            {
                 return Err(bad(format!("column {i} is not {name:?}")));
             }
         }
@@ -514,10 +539,7 @@ impl<'a> StateView<'a> {
         if self.delete_version.is_null(i) {
             return Err(Error::invalid(
                 "state batch",
-                format!(
-                    "tombstone {:?} has no delete version",
-                    self.row_id.value(i)
-                ),
+                format!("tombstone {:?} has no delete version", self.row_id.value(i)),
             ));
         }
         Version::from_key(self.delete_version.value(i))

@@ -164,7 +164,7 @@ mod tests {
         // Same payload, same bytes.
         assert_eq!(
             bytes,
-            encode_sync_response(&[d.clone()], HlcTimestamp(u64::MAX), true)
+            encode_sync_response(std::slice::from_ref(&d), HlcTimestamp(u64::MAX), true)
         );
         let mut msg = to_proto(&d);
         msg.op = 0;

@@ -91,13 +91,26 @@ struct Cursor {
 impl Cursor {
     fn from_position(position: Option<&Position>) -> Result<Self> {
         let Some(Position(v)) = position else {
-            let now = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0);
-            return Ok(Self { offset: 0, line: 0, base_ms: now });
+            let now = SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map(|d| d.as_millis() as u64)
+                .unwrap_or(0);
+            return Ok(Self {
+                offset: 0,
+                line: 0,
+                base_ms: now,
+            });
         };
         let field = |k: &str| {
-            v.get(k).and_then(Value::as_u64).ok_or_else(|| Error::invalid("jsonl position", format!("{v} has no {k}")))
+            v.get(k)
+                .and_then(Value::as_u64)
+                .ok_or_else(|| Error::invalid("jsonl position", format!("{v} has no {k}")))
         };
-        Ok(Self { offset: field("offset")?, line: field("line")?, base_ms: field("base_ms")? })
+        Ok(Self {
+            offset: field("offset")?,
+            line: field("line")?,
+            base_ms: field("base_ms")?,
+        })
     }
 
     fn position(self) -> Position {
@@ -137,8 +150,16 @@ impl Source for JsonlSource {
                     Ok(lines) => {
                         let batch = source.to_batch(&lines, cursor);
                         let consumed: u64 = lines.iter().map(|l| l.bytes).sum();
-                        let next = Cursor { offset: cursor.offset + consumed, line: cursor.line + lines.len() as u64, ..cursor };
-                        let item = batch.map(|batch| SourceBatch { table: source.table.clone(), batch, position: next.position() });
+                        let next = Cursor {
+                            offset: cursor.offset + consumed,
+                            line: cursor.line + lines.len() as u64,
+                            ..cursor
+                        };
+                        let item = batch.map(|batch| SourceBatch {
+                            table: source.table.clone(),
+                            batch,
+                            position: next.position(),
+                        });
                         return Some((item, Some((source, reader, next, mode))));
                     }
                 }
@@ -164,23 +185,43 @@ struct LineReader {
 
 impl LineReader {
     fn open(path: &Path, offset: u64) -> Result<Self> {
-        let mut file = std::fs::File::open(path)
-            .map_err(|e| Error::invalid("jsonl source", format!("cannot open {}: {e}", path.display())))?;
+        let mut file = std::fs::File::open(path).map_err(|e| {
+            Error::invalid(
+                "jsonl source",
+                format!("cannot open {}: {e}", path.display()),
+            )
+        })?;
         let len = file.metadata().map(|m| m.len()).unwrap_or(0);
         if len < offset {
             return Err(Error::invalid(
                 "jsonl source",
-                format!("{} is {len} bytes, shorter than the resume position {offset}: it was truncated or replaced", path.display()),
+                format!(
+                    "{} is {len} bytes, shorter than the resume position {offset}: it was truncated or replaced",
+                    path.display()
+                ),
             ));
         }
-        file.seek(SeekFrom::Start(offset)).map_err(|e| io(path, e))?;
-        Ok(Self { path: path.into(), reader: BufReader::new(file), offset })
+        file.seek(SeekFrom::Start(offset))
+            .map_err(|e| io(path, e))?;
+        Ok(Self {
+            path: path.into(),
+            reader: BufReader::new(file),
+            offset,
+        })
     }
 
     fn check_not_truncated(&self) -> Result<()> {
-        let len = std::fs::metadata(&self.path).map(|m| m.len()).map_err(|e| io(&self.path, e))?;
+        let len = std::fs::metadata(&self.path)
+            .map(|m| m.len())
+            .map_err(|e| io(&self.path, e))?;
         if len < self.offset {
-            return Err(Error::invalid("jsonl source", format!("{} was truncated below the read position", self.path.display())));
+            return Err(Error::invalid(
+                "jsonl source",
+                format!(
+                    "{} was truncated below the read position",
+                    self.path.display()
+                ),
+            ));
         }
         Ok(())
     }
@@ -190,26 +231,43 @@ impl LineReader {
         let mut lines = Vec::new();
         while lines.len() < max {
             let mut buf = Vec::new();
-            let n = self.reader.read_until(b'\n', &mut buf).map_err(|e| io(&self.path, e))?;
+            let n = self
+                .reader
+                .read_until(b'\n', &mut buf)
+                .map_err(|e| io(&self.path, e))?;
             if n == 0 {
                 break;
             }
             if buf.last() != Some(&b'\n') && !take_partial {
                 // An incomplete last line: give it back and wait for the rest.
-                self.reader.seek(SeekFrom::Start(self.offset)).map_err(|e| io(&self.path, e))?;
+                self.reader
+                    .seek(SeekFrom::Start(self.offset))
+                    .map_err(|e| io(&self.path, e))?;
                 break;
             }
             self.offset += n as u64;
-            let text = String::from_utf8(buf)
-                .map_err(|_| Error::invalid("jsonl source", format!("{}: a line is not UTF-8", self.path.display())))?;
-            lines.push(Line { text, bytes: n as u64 });
+            let text = String::from_utf8(buf).map_err(|_| {
+                Error::invalid(
+                    "jsonl source",
+                    format!("{}: a line is not UTF-8", self.path.display()),
+                )
+            })?;
+            lines.push(Line {
+                text,
+                bytes: n as u64,
+            });
         }
         Ok(lines)
     }
 }
 
 fn io(path: &Path, e: std::io::Error) -> Error {
-    Error::External { system: "filesystem", message: format!("{}: {e}", path.display()), retryable: true, source: Some(Box::new(e)) }
+    Error::External {
+        system: "filesystem",
+        message: format!("{}: {e}", path.display()),
+        retryable: true,
+        source: Some(Box::new(e)),
+    }
 }
 
 impl JsonlSource {
@@ -223,15 +281,23 @@ impl JsonlSource {
                 continue;
             }
             let where_ = || format!("{}:{number}", self.path.display());
-            let delta = self.parse_line(text, start.base_ms, number).map_err(|e| Error::invalid("jsonl line", format!("{}: {e}", where_())))?;
+            let delta = self
+                .parse_line(text, start.base_ms, number)
+                .map_err(|e| Error::invalid("jsonl line", format!("{}: {e}", where_())))?;
             deltas.push(delta);
             numbers.push(number);
         }
         deltas_to_batch(&self.table, &deltas).map_err(|e| {
             // Name the first offending line.
-            let bad = deltas.iter().zip(&numbers).find(|(d, _)| deltas_to_batch(&self.table, std::slice::from_ref(d)).is_err());
+            let bad = deltas
+                .iter()
+                .zip(&numbers)
+                .find(|(d, _)| deltas_to_batch(&self.table, std::slice::from_ref(d)).is_err());
             match bad {
-                Some((_, number)) => Error::invalid("jsonl line", format!("{}:{number}: {e}", self.path.display())),
+                Some((_, number)) => Error::invalid(
+                    "jsonl line",
+                    format!("{}:{number}: {e}", self.path.display()),
+                ),
                 None => e,
             }
         })
@@ -240,30 +306,57 @@ impl JsonlSource {
     fn parse_line(&self, text: &str, base_ms: u64, number: u64) -> Result<RowDelta> {
         match &self.format {
             JsonlFormat::Deltas => {
-                let delta: RowDelta = serde_json::from_str(text).map_err(|e| Error::invalid("delta", e))?;
+                let delta: RowDelta =
+                    serde_json::from_str(text).map_err(|e| Error::invalid("delta", e))?;
                 if delta.table != self.table.delta_table() {
-                    return Err(Error::invalid("delta", format!("table {:?} is not this source's table {:?}", delta.table, self.table.table)));
+                    return Err(Error::invalid(
+                        "delta",
+                        format!(
+                            "table {:?} is not this source's table {:?}",
+                            delta.table, self.table.table
+                        ),
+                    ));
                 }
                 delta.verify_delta_id()?;
                 Ok(delta)
             }
             JsonlFormat::Rows { id_column } => {
-                let row: Map<String, Value> = serde_json::from_str(text).map_err(|e| Error::invalid("row", e))?;
+                let row: Map<String, Value> =
+                    serde_json::from_str(text).map_err(|e| Error::invalid("row", e))?;
                 let row_id = match row.get(id_column) {
                     Some(Value::String(s)) if !s.is_empty() => s.clone(),
                     Some(Value::Number(n)) => n.to_string(),
-                    _ => return Err(Error::invalid("row", format!("no {id_column:?} (a non-empty string or a number)"))),
+                    _ => {
+                        return Err(Error::invalid(
+                            "row",
+                            format!("no {id_column:?} (a non-empty string or a number)"),
+                        ));
+                    }
                 };
                 let hlc = self.hlc(&row, base_ms, number)?;
                 if row.get("_deleted") == Some(&Value::Bool(true)) {
-                    return Ok(RowDelta::new(DeltaOp::Delete, self.table.delta_table(), row_id, &self.client_id, vec![], hlc));
+                    return Ok(RowDelta::new(
+                        DeltaOp::Delete,
+                        self.table.delta_table(),
+                        row_id,
+                        &self.client_id,
+                        vec![],
+                        hlc,
+                    ));
                 }
                 let columns = row
                     .iter()
                     .filter(|(k, _)| *k != id_column && k.as_str() != "_deleted")
                     .map(|(k, v)| ColumnDelta::new(k.clone(), v.clone()))
                     .collect();
-                Ok(RowDelta::new(DeltaOp::Insert, self.table.delta_table(), row_id, &self.client_id, columns, hlc))
+                Ok(RowDelta::new(
+                    DeltaOp::Insert,
+                    self.table.delta_table(),
+                    row_id,
+                    &self.client_id,
+                    columns,
+                    hlc,
+                ))
             }
         }
     }
@@ -276,7 +369,12 @@ impl JsonlSource {
                 Some(Value::Number(n)) => n.as_u64(),
                 _ => None,
             }
-            .ok_or_else(|| Error::invalid("row", format!("time column {column:?} is missing or not a timestamp")))?;
+            .ok_or_else(|| {
+                Error::invalid(
+                    "row",
+                    format!("time column {column:?} is missing or not a timestamp"),
+                )
+            })?;
             return HlcTimestamp::new(wall, counter);
         }
         HlcTimestamp::new(base_ms + number / 65_536, counter)
@@ -293,11 +391,26 @@ mod tests {
     use std::time::Duration;
 
     fn table() -> TableRef {
-        Arc::new(TableSchema::new("tasks", vec![ColumnDef::new("title", ColumnType::String), ColumnDef::new("n", ColumnType::Integer)]))
+        Arc::new(TableSchema::new(
+            "tasks",
+            vec![
+                ColumnDef::new("title", ColumnType::String),
+                ColumnDef::new("n", ColumnType::Integer),
+            ],
+        ))
     }
 
     fn source(path: &Path) -> JsonlSource {
-        JsonlSource::new("f", path, table(), JsonlFormat::Rows { id_column: "id".into() }, "jsonl:f", None)
+        JsonlSource::new(
+            "f",
+            path,
+            table(),
+            JsonlFormat::Rows {
+                id_column: "id".into(),
+            },
+            "jsonl:f",
+            None,
+        )
     }
 
     async fn read_all(src: &mut JsonlSource, resume: Option<Position>) -> Vec<SourceBatch> {
@@ -315,16 +428,25 @@ mod tests {
         assert_eq!(batches.len(), 1);
         let deltas = batch_to_deltas(&batches[0].batch).unwrap();
         assert_eq!(deltas.len(), 3);
-        assert_eq!((deltas[0].op, deltas[0].row_id.as_str()), (DeltaOp::Insert, "1"));
+        assert_eq!(
+            (deltas[0].op, deltas[0].row_id.as_str()),
+            (DeltaOp::Insert, "1")
+        );
         assert_eq!(deltas[2].op, DeltaOp::Delete);
         assert!(deltas[0].hlc < deltas[1].hlc && deltas[1].hlc < deltas[2].hlc);
         // Appending and resuming yields only the new line; replaying from the start yields the
         // very same deltas.
         let pos = batches[0].position.clone();
-        std::fs::OpenOptions::new().append(true).open(&path).unwrap().write_all(b"{\"id\":2,\"n\":5}\n").unwrap();
+        std::fs::OpenOptions::new()
+            .append(true)
+            .open(&path)
+            .unwrap()
+            .write_all(b"{\"id\":2,\"n\":5}\n")
+            .unwrap();
         let more = read_all(&mut src, Some(pos)).await;
         assert_eq!(batch_to_deltas(&more[0].batch).unwrap()[0].row_id, "2");
-        let start = Position(json!({"offset": 0, "line": 0, "base_ms": batches[0].position.0["base_ms"]}));
+        let start =
+            Position(json!({"offset": 0, "line": 0, "base_ms": batches[0].position.0["base_ms"]}));
         let replay = read_all(&mut src, Some(start)).await;
         assert_eq!(batch_to_deltas(&replay[0].batch).unwrap()[..3], deltas[..]);
     }
@@ -333,15 +455,46 @@ mod tests {
     async fn bad_lines_name_file_and_line() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("t.jsonl");
-        std::fs::write(&path, "{\"id\":1,\"title\":\"a\"}\n{\"id\":2,\"n\":\"seven\"}\n").unwrap();
+        std::fs::write(
+            &path,
+            "{\"id\":1,\"title\":\"a\"}\n{\"id\":2,\"n\":\"seven\"}\n",
+        )
+        .unwrap();
         let mut src = source(&path);
-        let err = src.open(None, ReadMode::Once).await.unwrap().next().await.unwrap().unwrap_err().to_string();
+        let err = src
+            .open(None, ReadMode::Once)
+            .await
+            .unwrap()
+            .next()
+            .await
+            .unwrap()
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("t.jsonl:2"), "{err}");
         std::fs::write(&path, "{\"id\":1,\"nope\":1}\n").unwrap();
-        let err = src.open(None, ReadMode::Once).await.unwrap().next().await.unwrap().unwrap_err().to_string();
-        assert!(err.contains("t.jsonl:1") && err.contains("Unknown column \"nope\""), "{err}");
+        let err = src
+            .open(None, ReadMode::Once)
+            .await
+            .unwrap()
+            .next()
+            .await
+            .unwrap()
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("t.jsonl:1") && err.contains("Unknown column \"nope\""),
+            "{err}"
+        );
         std::fs::write(&path, "not json\n").unwrap();
-        let err = src.open(None, ReadMode::Once).await.unwrap().next().await.unwrap().unwrap_err().to_string();
+        let err = src
+            .open(None, ReadMode::Once)
+            .await
+            .unwrap()
+            .next()
+            .await
+            .unwrap()
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("t.jsonl:1"), "{err}");
     }
 
@@ -351,11 +504,28 @@ mod tests {
         let path = dir.path().join("t.jsonl");
         std::fs::write(&path, "{\"id\":1,\"n\":1}\n{\"id\":2,").unwrap();
         let mut src = source(&path);
-        let mut stream = src.open(None, ReadMode::Follow { poll_interval: Duration::from_millis(20) }).await.unwrap();
+        let mut stream = src
+            .open(
+                None,
+                ReadMode::Follow {
+                    poll_interval: Duration::from_millis(20),
+                },
+            )
+            .await
+            .unwrap();
         let first = stream.next().await.unwrap().unwrap();
         assert_eq!(first.batch.num_rows(), 1);
-        std::fs::OpenOptions::new().append(true).open(&path).unwrap().write_all(b"\"n\":2}\n").unwrap();
-        let second = tokio::time::timeout(Duration::from_secs(5), stream.next()).await.unwrap().unwrap().unwrap();
+        std::fs::OpenOptions::new()
+            .append(true)
+            .open(&path)
+            .unwrap()
+            .write_all(b"\"n\":2}\n")
+            .unwrap();
+        let second = tokio::time::timeout(Duration::from_secs(5), stream.next())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
         assert_eq!(batch_to_deltas(&second.batch).unwrap()[0].row_id, "2");
     }
 }

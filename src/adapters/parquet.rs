@@ -55,15 +55,29 @@ fn store_error(e: object_store::Error) -> Error {
 
 impl ParquetSink {
     /// A sink writing under the local directory `root` (created if missing).
-    pub fn local(name: &str, pipeline: &str, root: &std::path::Path, compression: ParquetCompression) -> Result<Self> {
-        std::fs::create_dir_all(root)
-            .map_err(|e| Error::invalid("parquet sink", format!("cannot create {}: {e}", root.display())))?;
+    pub fn local(
+        name: &str,
+        pipeline: &str,
+        root: &std::path::Path,
+        compression: ParquetCompression,
+    ) -> Result<Self> {
+        std::fs::create_dir_all(root).map_err(|e| {
+            Error::invalid(
+                "parquet sink",
+                format!("cannot create {}: {e}", root.display()),
+            )
+        })?;
         let store = LocalFileSystem::new_with_prefix(root).map_err(store_error)?;
         Ok(Self::new(name, pipeline, Arc::new(store), compression))
     }
 
     /// A sink writing into `store` (its root is the sink's root).
-    pub fn new(name: &str, pipeline: &str, store: Arc<dyn ObjectStore>, compression: ParquetCompression) -> Self {
+    pub fn new(
+        name: &str,
+        pipeline: &str,
+        store: Arc<dyn ObjectStore>,
+        compression: ParquetCompression,
+    ) -> Self {
         Self {
             name: name.into(),
             pipeline: pipeline.into(),
@@ -85,10 +99,22 @@ impl ParquetSink {
     /// The newest epoch with a file for `table`.
     async fn table_epoch(&self, table: &str) -> Result<Option<u64>> {
         let prefix = self.file_prefix();
-        let files: Vec<_> = self.store.list(Some(&ObjectPath::from(table))).try_collect().await.map_err(store_error)?;
+        let files: Vec<_> = self
+            .store
+            .list(Some(&ObjectPath::from(table)))
+            .try_collect()
+            .await
+            .map_err(store_error)?;
         Ok(files
             .iter()
-            .filter_map(|m| m.location.filename()?.strip_prefix(&prefix)?.strip_suffix(".parquet")?.parse::<u64>().ok())
+            .filter_map(|m| {
+                m.location
+                    .filename()?
+                    .strip_prefix(&prefix)?
+                    .strip_suffix(".parquet")?
+                    .parse::<u64>()
+                    .ok()
+            })
             .max())
     }
 
@@ -100,11 +126,14 @@ impl ParquetSink {
             ParquetCompression::Snappy => Compression::SNAPPY,
             ParquetCompression::None => Compression::UNCOMPRESSED,
         };
-        let props = WriterProperties::builder().set_compression(compression).build();
+        let props = WriterProperties::builder()
+            .set_compression(compression)
+            .build();
         let mut out = Vec::new();
-        let mut writer = ArrowWriter::try_new(&mut out, schema, Some(props)).map_err(|e| Error::internal(e))?;
-        writer.write(&batch).map_err(|e| Error::internal(e))?;
-        writer.close().map_err(|e| Error::internal(e))?;
+        let mut writer =
+            ArrowWriter::try_new(&mut out, schema, Some(props)).map_err(Error::internal)?;
+        writer.write(&batch).map_err(Error::internal)?;
+        writer.close().map_err(Error::internal)?;
         Ok(out)
     }
 }
@@ -136,8 +165,13 @@ impl Sink for ParquetSink {
 
     async fn write(&mut self, table: &TableRef, batch: RecordBatch) -> Result<()> {
         if batch.num_rows() > 0 {
-            self.tables.entry(table.table.clone()).or_insert_with(|| table.clone());
-            self.buffers.entry(table.table.clone()).or_default().push(batch);
+            self.tables
+                .entry(table.table.clone())
+                .or_insert_with(|| table.clone());
+            self.buffers
+                .entry(table.table.clone())
+                .or_default()
+                .push(batch);
         }
         Ok(())
     }
@@ -150,12 +184,19 @@ impl Sink for ParquetSink {
                 tracing::info!(sink = %self.name, table = %name, epoch, "epoch already committed; dropping replay");
                 continue;
             }
-            let table = self.tables.get(&name).cloned().ok_or_else(|| Error::internal(format!("table {name} not prepared")))?;
+            let table = self
+                .tables
+                .get(&name)
+                .cloned()
+                .ok_or_else(|| Error::internal(format!("table {name} not prepared")))?;
             let rows: usize = batches.iter().map(RecordBatch::num_rows).sum();
             let bytes = self.encode(&batches, &table)?;
             stats.rows += rows as u64;
             stats.bytes += bytes.len() as u64;
-            self.store.put(&path, PutPayload::from(bytes)).await.map_err(store_error)?;
+            self.store
+                .put(&path, PutPayload::from(bytes))
+                .await
+                .map_err(store_error)?;
         }
         Ok(stats)
     }
@@ -172,7 +213,8 @@ mod tests {
     async fn writes_one_file_per_table_and_epoch_and_drops_replays() {
         let dir = tempfile::tempdir().unwrap();
         let table: TableRef = Arc::new(tasks_schema());
-        let mut sink = ParquetSink::local("archive", "p", dir.path(), ParquetCompression::Zstd).unwrap();
+        let mut sink =
+            ParquetSink::local("archive", "p", dir.path(), ParquetCompression::Zstd).unwrap();
         sink.prepare(std::slice::from_ref(&table)).await.unwrap();
         assert_eq!(sink.committed_epoch().await.unwrap(), None);
         let deltas = Workload::new(50, 3, 1).deltas(200, 1_767_225_600_000);

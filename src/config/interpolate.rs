@@ -83,7 +83,10 @@ pub fn interpolate(text: &str, env: &Env) -> Result<Interpolated, Vec<Interpolat
             if !is_name(name) {
                 errors.push(InterpolationError::BadName(inner.to_string()));
             } else {
-                match (env.get(name).filter(|v| !v.is_empty() || default.is_none()), default) {
+                match (
+                    env.get(name).filter(|v| !v.is_empty() || default.is_none()),
+                    default,
+                ) {
                     (Some(value), _) => out.push_str(value),
                     (None, Some(default)) => out.push_str(default),
                     (None, None) => errors.push(InterpolationError::Unset(name.to_string())),
@@ -122,9 +125,7 @@ pub(crate) fn interpolate_tree(root: &mut Node, env: &Env) -> Vec<Diagnostic> {
                     let mut d = Diagnostic::error(node.path.clone(), error.to_string());
                     d.location = Some(node.location);
                     if let InterpolationError::Unset(name) = &error {
-                        d.hint = Some(format!(
-                            "set {name} in the environment, give a default with ${{{name}:-default}}, or write $${{ for a literal ${{"
-                        ));
+                        d.hint = Some(format!("set {name}, or give a default: ${{{name}:-value}}"));
                     }
                     problems.push(d);
                 }

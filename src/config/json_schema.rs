@@ -29,12 +29,6 @@ pub fn json_schema() -> serde_json::Value {
     let mut schema = generator.into_root_schema_for::<PipelineSpec>().to_value();
     if let Some(object) = schema.as_object_mut() {
         object.insert(
-            "$id".to_string(),
-            serde_json::Value::String(
-                "https://lakesync.dev/schemas/pipeline.schema.json".to_string(),
-            ),
-        );
-        object.insert(
             "description".to_string(),
             serde_json::Value::String(
                 "A LakeSync pipeline file (pipelines/*.yaml): declared tables, and sources → operators → sinks. See docs/pipelines.md."
@@ -150,9 +144,20 @@ pub(crate) struct FilterDoc {
     column: String,
     /// How it is compared.
     op: FilterOpDoc,
-    /// A literal (as text), or `jwt:<claim>`.
-    #[schemars(length(min = 1))]
+    /// A literal, or `jwt:<claim>`. The rules format wants text; in a pipeline file a plain
+    /// number or boolean (`value: 4`) is read as its text.
+    #[schemars(schema_with = "rule_value_schema")]
     value: String,
+}
+
+fn rule_value_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    schemars::json_schema!({
+        "anyOf": [
+            {"type": "string", "minLength": 1},
+            {"type": "number"},
+            {"type": "boolean"},
+        ],
+    })
 }
 
 /// A filter's comparison.
@@ -201,7 +206,15 @@ mod tests {
         let mirror: TableSchemaDoc = serde_json::from_value(kernel_json).unwrap();
         assert_eq!(serde_json::to_value(&mirror).unwrap(), full);
         // Every kernel column type has a mirror.
-        for name in ["string", "number", "integer", "boolean", "timestamp", "json", "null"] {
+        for name in [
+            "string",
+            "number",
+            "integer",
+            "boolean",
+            "timestamp",
+            "json",
+            "null",
+        ] {
             assert!(ColumnType::from_name(name).is_some());
             serde_json::from_value::<ColumnTypeDoc>(json!(name)).unwrap();
         }
@@ -214,7 +227,8 @@ mod tests {
             .iter()
             .map(|op| json!({"column": "c", "op": op, "value": "1"}))
             .collect();
-        let full = json!({"version": 1, "buckets": [{"name": "b", "tables": ["t"], "filters": filters}]});
+        let full =
+            json!({"version": 1, "buckets": [{"name": "b", "tables": ["t"], "filters": filters}]});
         let kernel = SyncRules::from_value(&full).unwrap();
         let kernel_json = serde_json::to_value(&kernel).unwrap();
         assert_eq!(kernel_json, full);

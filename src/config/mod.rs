@@ -11,13 +11,14 @@
 //! 2. **Validate** ([`validate()`]): a pure function of the spec (and the text of any
 //!    `rules_file`, read beforehand by [`Inputs::read`]) that checks names, inputs, cycles,
 //!    tables and sync rules against schemas, and returns the [`Plan`] with every error and
-//!    warning found.
+//!    warning found. It runs once the file decodes: a file with decoding errors reports those
+//!    (all of them) first, as a compiler reports syntax errors before type errors.
 //!
 //! Each problem is a [`Diagnostic`]: severity, YAML path (`sinks.lake.input`), line and column,
 //! message, optional hint. A [`Report`] renders them for people:
 //!
 //! ```text
-//! pipelines/broken.yaml:31:12: error: sinks.lake.input: "paymets_only" is not a source or operator
+//! pipelines/broken.yaml:18:12: error: sinks.lake.input: "paymets_only" is not a source or operator
 //!   hint: did you mean "payments_only"?
 //! pipelines/broken.yaml: invalid (1 error)
 //! ```
@@ -42,9 +43,9 @@ pub mod validate;
 pub use json_schema::json_schema;
 pub use plan::{FilterPlan, Lane, Plan};
 pub use spec::{
-    CaptureStrategy, CatalogSpec, ClaimValues, FilterSpec, FlushSpec, IcebergSinkSpec,
-    JsonlFormat, JsonlSourceSpec, Named, OperatorSpec, ParquetCompression, ParquetSinkSpec,
-    PipelineSpec, RestCatalogSpec, S3Spec, SinkSpec, SourceSpec, SqlCatalogSpec, SqliteSinkSpec,
+    CaptureStrategy, CatalogSpec, ClaimValues, FilterSpec, FlushSpec, IcebergSinkSpec, JsonlFormat,
+    JsonlSourceSpec, Named, OperatorSpec, ParquetCompression, ParquetSinkSpec, PipelineSpec,
+    RestCatalogSpec, S3Spec, SinkSpec, SourceSpec, SqlCatalogSpec, SqliteSinkSpec,
     SqliteSourceSpec, SqliteTableSpec, TierSinkSpec,
 };
 pub use units::{HumanDuration, HumanSize};
@@ -445,13 +446,19 @@ pub fn load_plan(path: &Path, env: &Env) -> crate::Result<Plan> {
     let report = check_file(path, env);
     for d in report.diagnostics.iter().filter(|d| !d.is_error()) {
         match d.severity {
-            Severity::Warning => tracing::warn!(file = %report.file, path = %d.path, hint = d.hint.as_deref().unwrap_or(""), "{}", d.message),
+            Severity::Warning => {
+                let hint = d.hint.as_deref().unwrap_or("");
+                tracing::warn!(file = %report.file, path = %d.path, hint, "{}", d.message)
+            }
             _ => tracing::info!(file = %report.file, path = %d.path, "{}", d.message),
         }
     }
     match report.plan {
         Some(plan) if report.is_ok() => Ok(plan),
-        _ => Err(crate::Error::invalid("pipeline", report.to_string().trim_end())),
+        _ => Err(crate::Error::invalid(
+            "pipeline",
+            report.to_string().trim_end(),
+        )),
     }
 }
 
@@ -473,7 +480,22 @@ pub fn validate_files(paths: &[PathBuf]) -> (String, bool) {
 mod tests {
     use super::*;
 
-    const MINIMAL: &str = "version: 1\nname: t\ntables:\n  - table: tasks\n    columns: [{name: title, type: string}]\nsources:\n  s:\n    type: jsonl\n    path: tasks.jsonl\n    table: tasks\nsinks:\n  out:\n    type: sqlite\n    input: s\n    path: ${OUT_DIR:-out}/t.sqlite\n";
+    const MINIMAL: &str = r#"version: 1
+name: t
+tables:
+  - table: tasks
+    columns: [{name: title, type: string}]
+sources:
+  s:
+    type: jsonl
+    path: tasks.jsonl
+    table: tasks
+sinks:
+  out:
+    type: sqlite
+    input: s
+    path: ${OUT_DIR:-out}/t.sqlite
+"#;
 
     #[test]
     fn a_minimal_pipeline_validates() {
@@ -488,7 +510,10 @@ mod tests {
         };
         assert_eq!(sink.path, "out/t.sqlite");
         assert!(sink.materialise);
-        assert_eq!(report.to_string(), "t.yaml: valid: pipeline \"t\": 1 source, 0 operators, 1 sink\n");
+        assert_eq!(
+            report.to_string(),
+            "t.yaml: valid: pipeline \"t\": 1 source, 0 operators, 1 sink\n"
+        );
     }
 
     #[test]
@@ -505,7 +530,56 @@ mod tests {
         let d = &report.diagnostics[0];
         assert_eq!(d.path, "sinks.out.path");
         assert_eq!(d.message, "environment variable OUT_DIR is not set");
-        assert_eq!(d.location, Some(Location { line: 15, column: 11 }));
+        assert_eq!(
+            d.location,
+            Some(Location {
+                line: 15,
+                column: 11
+            })
+        );
+    }
+
+    #[test]
+    fn interpolated_values_are_typed_and_never_echoed() {
+        let text = MINIMAL.replace(
+            "path: ${OUT_DIR:-out}/t.sqlite",
+            "path: out.sqlite\n    materialise: ${FLAG}",
+        );
+        let env = Env::from_vars([("FLAG", "false")]);
+        let report = check_str(&text, "t.yaml", Path::new(""), &env);
+        let SinkSpec::Sqlite(sink) = report.plan.unwrap().sinks.get("out").unwrap().clone() else {
+            panic!("not sqlite")
+        };
+        assert!(!sink.materialise);
+        let env = Env::from_vars([("FLAG", "hunter2")]);
+        let report = check_str(&text, "t.yaml", Path::new(""), &env);
+        let text = report.to_string();
+        assert!(!text.contains("hunter2"), "{text}");
+        assert!(
+            text.contains("expected a boolean, found the string <value of ${FLAG}>"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn specs_round_trip_through_other_formats() {
+        let spec = parse(MINIMAL, &Env::default()).unwrap().spec;
+        let json = serde_json::to_value(&spec).unwrap();
+        assert_eq!(json["sinks"]["out"]["type"], "sqlite");
+        assert_eq!(json["flush"]["max_bytes"], "64MiB");
+        assert_eq!(
+            serde_json::from_value::<PipelineSpec>(json.clone()).unwrap(),
+            spec
+        );
+        // `type` need not come first for other deserialisers.
+        let mut text = serde_json::to_string(&json).unwrap();
+        text = text.replace("{\"type\":\"sqlite\",", "{").replace(
+            "\"path\":\"out/t.sqlite\"",
+            "\"path\":\"out/t.sqlite\",\"type\":\"sqlite\"",
+        );
+        assert_eq!(serde_json::from_str::<PipelineSpec>(&text).unwrap(), spec);
+        let yaml = serde_saphyr::to_string(&spec).unwrap();
+        assert_eq!(serde_saphyr::from_str::<PipelineSpec>(&yaml).unwrap(), spec);
     }
 
     #[test]
@@ -513,7 +587,13 @@ mod tests {
         let parsed = parse(MINIMAL, &Env::default()).unwrap();
         let mut d = Diagnostic::error("sinks.out.nothing[3]", "x");
         parsed.locate(&mut d);
-        assert_eq!(d.location, Some(Location { line: 12, column: 3 }));
+        assert_eq!(
+            d.location,
+            Some(Location {
+                line: 12,
+                column: 3
+            })
+        );
         let mut d = Diagnostic::error("", "x");
         parsed.locate(&mut d);
         assert_eq!(d.location, Some(Location { line: 1, column: 1 }));

@@ -257,24 +257,25 @@ pub(crate) fn parse(text: &str) -> Result<Node, Vec<Diagnostic>> {
     let mut options = serde_saphyr::Options::default();
     options.strict_booleans = true;
     options.leading_zero_numbers_as_strings = true;
-    let raw: Spanned<RawNode> = serde_saphyr::from_str_with_options(text, options).map_err(|e| {
-        let location = e.location().map(|l| Location {
-            line: l.line(),
-            column: l.column(),
-        });
-        let message = serde_saphyr::MessageFormatter::format_message(
-            &serde_saphyr::UserMessageFormatter,
-            e.without_snippet(),
-        );
-        // The formatter's text is shown as one line.
-        let message: String = message
-            .chars()
-            .map(|c| if c.is_control() { ' ' } else { c })
-            .collect();
-        let mut d = Diagnostic::error("", format!("YAML: {message}"));
-        d.location = location;
-        vec![d]
-    })?;
+    let raw: Spanned<RawNode> =
+        serde_saphyr::from_str_with_options(text, options).map_err(|e| {
+            let location = e.location().map(|l| Location {
+                line: l.line(),
+                column: l.column(),
+            });
+            let message = serde_saphyr::MessageFormatter::format_message(
+                &serde_saphyr::UserMessageFormatter,
+                e.without_snippet(),
+            );
+            // The formatter's text is shown as one line.
+            let message: String = message
+                .chars()
+                .map(|c| if c.is_control() { ' ' } else { c })
+                .collect();
+            let mut d = Diagnostic::error("", format!("YAML: {message}"));
+            d.location = location;
+            vec![d]
+        })?;
     let mut builder = Builder {
         text,
         next_id: 0,
@@ -396,14 +397,15 @@ pub(crate) fn decode<T: DeserializeOwned>(root: &Node) -> Result<T, Vec<Diagnost
             Ok(_) => return Err(problems),
             Err(error) => error,
         };
-        let at = error.at.clone().unwrap_or(At {
+        let at = error.at.as_deref().cloned().unwrap_or(At {
             id: tree.id,
             path: String::new(),
             parent: None,
             location: Some(tree.location),
         });
+        let kind = error.kind.clone();
         let caused_by_recovery = matches!(
-            &error.kind,
+            &kind,
             ErrorKind::MissingField(field) if removed.contains(&(at.path.clone(), field.clone()))
         );
         if !caused_by_recovery {
@@ -414,6 +416,10 @@ pub(crate) fn decode<T: DeserializeOwned>(root: &Node) -> Result<T, Vec<Diagnost
         };
         if problems.len() >= MAX_ERRORS || !tree.remove(at.id) {
             return Err(problems);
+        }
+        // A misspelt field is reported once, not again as the field it should have been.
+        if let ErrorKind::UnknownField(Some(meant)) = &kind {
+            removed.insert((parent.clone(), meant.clone()));
         }
         if let Some(key) = key {
             removed.insert((parent, key));
@@ -435,6 +441,8 @@ struct At {
 #[derive(Clone, Debug, PartialEq)]
 enum ErrorKind {
     MissingField(String),
+    /// An unknown field, with the known field it is probably a typo of.
+    UnknownField(Option<String>),
     Other,
 }
 
@@ -444,7 +452,8 @@ pub(crate) struct DeError {
     message: String,
     hint: Option<String>,
     kind: ErrorKind,
-    at: Option<At>,
+    /// Boxed: errors travel through every frame of deserialisation.
+    at: Option<Box<At>>,
 }
 
 impl DeError {
@@ -455,10 +464,18 @@ impl DeError {
             Some((m, h)) => (m.to_string(), Some(h.to_string())),
             None => (message, None),
         };
+        // serde's wording, also used by `Deserialize` impls that add a hint to it.
+        let kind = match message
+            .strip_prefix("missing field `")
+            .and_then(|rest| rest.split_once('`'))
+        {
+            Some((field, _)) => ErrorKind::MissingField(field.to_string()),
+            None => ErrorKind::Other,
+        };
         Self {
             message,
             hint,
-            kind: ErrorKind::Other,
+            kind,
             at: None,
         }
     }
@@ -476,16 +493,20 @@ impl DeError {
                 && let Some(value) = node.as_str()
                 && !value.is_empty()
             {
-                let vars: Vec<String> = node.interpolated.iter().map(|v| format!("${{{v}}}")).collect();
+                let vars: Vec<String> = node
+                    .interpolated
+                    .iter()
+                    .map(|v| format!("${{{v}}}"))
+                    .collect();
                 let masked = format!("<value of {}>", vars.join(", "));
                 self.message = self.message.replace(&format!("{value:?}"), &masked);
             }
-            self.at = Some(At {
+            self.at = Some(Box::new(At {
                 id: node.id,
                 path: node.path.clone(),
                 parent,
                 location: Some(node.location),
-            });
+            }));
         }
         self
     }
@@ -521,6 +542,8 @@ fn expected_in_words(expected: &dyn Expected) -> String {
         "i8" | "i16" | "i32" | "i64" | "i128" | "isize" => "a whole number".to_string(),
         "f32" | "f64" => "a number".to_string(),
         "a string" | "a borrowed string" => "a string".to_string(),
+        "a sequence" => "a list".to_string(),
+        "a map" => "a mapping".to_string(),
         _ => text,
     }
 }
@@ -575,18 +598,19 @@ impl de::Error for DeError {
 
     fn unknown_field(field: &str, expected: &'static [&'static str]) -> Self {
         let known = suggest::list(expected);
-        let hint = match suggest::did_you_mean(field, expected.iter().copied()) {
-            Some(guess) => guess,
+        let guess = suggest::closest(field, expected.iter().copied());
+        let hint = match guess {
+            Some(guess) => format!("did you mean {guess:?}?"),
             None if expected.is_empty() => "this mapping takes no fields".to_string(),
             None => format!("known fields: {known}"),
         };
-        Self::new(format!("unknown field {field:?}")).with_hint(Some(hint))
+        let mut e = Self::new(format!("unknown field {field:?}")).with_hint(Some(hint));
+        e.kind = ErrorKind::UnknownField(guess.map(str::to_string));
+        e
     }
 
     fn missing_field(field: &'static str) -> Self {
-        let mut e = Self::new(format!("missing field `{field}`"));
-        e.kind = ErrorKind::MissingField(field.to_string());
-        e
+        Self::new(format!("missing field `{field}`"))
     }
 
     fn duplicate_field(field: &'static str) -> Self {
@@ -769,7 +793,11 @@ impl<'de> Deserializer<'de> for NodeDeserializer<'_> {
         result.map_err(|e| self.place(e))
     }
 
-    fn deserialize_tuple<V: Visitor<'de>>(self, _len: usize, visitor: V) -> Result<V::Value, DeError> {
+    fn deserialize_tuple<V: Visitor<'de>>(
+        self,
+        _len: usize,
+        visitor: V,
+    ) -> Result<V::Value, DeError> {
         self.deserialize_seq(visitor)
     }
 
@@ -893,7 +921,10 @@ impl<'de> MapAccess<'de> for NodeMap<'_> {
         let key: de::value::StrDeserializer<'_, DeError> = entry.key.as_str().into_deserializer();
         seed.deserialize(key).map(Some).map_err(|e| {
             // An unknown key: point at the key, and let recovery remove the whole entry.
-            let mut e = e.at(&entry.value, Some((self.parent.path.clone(), Some(entry.key.clone()))));
+            let mut e = e.at(
+                &entry.value,
+                Some((self.parent.path.clone(), Some(entry.key.clone()))),
+            );
             if let Some(at) = &mut e.at {
                 at.location = Some(entry.key_location);
             }
@@ -1015,7 +1046,8 @@ mod tests {
 
     #[test]
     fn decodes_leniently_typed_scalars() {
-        let tree = parse("items:\n  - name: 2024\n  - name: yes\n    count: 3\nmode: careful\n").unwrap();
+        let tree =
+            parse("items:\n  - name: 2024\n  - name: yes\n    count: 3\nmode: careful\n").unwrap();
         let outer: Outer = decode(&tree).unwrap();
         assert_eq!(outer.items[0].name, "2024");
         assert_eq!(outer.items[1].name, "yes", "YAML 1.2: yes is a string");
@@ -1025,17 +1057,18 @@ mod tests {
 
     #[test]
     fn reports_every_error_with_its_place() {
-        let text = "items:\n  - nam: a\n    cnt: 2\n  - name: b\n    count: -1\nflag: 1\nmode: fsat\nextra: 1\n";
+        let text = "items:\n  - nam: a\n    cnt: 2\n  - name: b\n    count: -1\n  - count: 4\nflag: 1\nmode: fsat\nextra: 1\n";
         assert_eq!(
             errors(text),
             [
                 "2:5: error: items[0].nam: unknown field \"nam\" (hint: did you mean \"name\"?)",
                 "3:5: error: items[0].cnt: unknown field \"cnt\" (hint: did you mean \"count\"?)",
-                "2:5: error: items[0]: missing field `name`",
+                // No "missing field `name`" for items[0]: `nam` was meant.
                 "5:12: error: items[1].count: the number -1 is not valid here: expected a whole number, at least 0",
-                "6:7: error: flag: expected a boolean, found the number 1",
-                "7:7: error: mode: unknown value \"fsat\" (hint: did you mean \"fast\"? (expected one of fast, careful))",
-                "8:1: error: extra: unknown field \"extra\" (hint: known fields: items, flag, mode)",
+                "6:5: error: items[2]: missing field `name`",
+                "7:7: error: flag: expected a boolean, found the number 1",
+                "8:7: error: mode: unknown value \"fsat\" (hint: did you mean \"fast\"? (expected one of fast, careful))",
+                "9:1: error: extra: unknown field \"extra\" (hint: known fields: items, flag, mode)",
             ]
         );
     }
@@ -1046,8 +1079,16 @@ mod tests {
         assert_eq!(problems.len(), 1);
         let location = problems[0].location.unwrap();
         assert_eq!((location.line, location.column), (2, 2));
-        assert!(problems[0].message.starts_with("YAML: "), "{}", problems[0].message);
+        assert!(
+            problems[0].message.starts_with("YAML: "),
+            "{}",
+            problems[0].message
+        );
         let problems = parse("a: 1\na: 2\n").unwrap_err();
-        assert!(problems[0].message.contains("duplicate"), "{}", problems[0].message);
+        assert!(
+            problems[0].message.contains("duplicate"),
+            "{}",
+            problems[0].message
+        );
     }
 }

@@ -80,7 +80,9 @@ impl Plan {
         let mut discovered = Vec::new();
         let names: Vec<&str> = match self.sources.get(source) {
             Some(SourceSpec::Jsonl(spec)) => vec![spec.table.as_str()],
-            Some(SourceSpec::Sqlite(spec)) => spec.tables.iter().map(|t| t.table.as_str()).collect(),
+            Some(SourceSpec::Sqlite(spec)) => {
+                spec.tables.iter().map(|t| t.table.as_str()).collect()
+            }
             None => Vec::new(),
         };
         for name in names {
@@ -100,9 +102,12 @@ impl Plan {
 
 /// `path` resolved against `base`, unless absolute or a URL.
 pub(crate) fn resolve(base: &Path, path: &str) -> PathBuf {
-    let is_url = path
-        .split_once("://")
-        .is_some_and(|(scheme, _)| !scheme.is_empty() && scheme.chars().all(|c| c.is_ascii_alphanumeric() || c == '+'));
+    let is_url = path.split_once("://").is_some_and(|(scheme, _)| {
+        !scheme.is_empty()
+            && scheme
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '+')
+    });
     if is_url || Path::new(path).is_absolute() {
         PathBuf::from(path)
     } else {
@@ -117,9 +122,15 @@ mod tests {
     #[test]
     fn paths_resolve_against_the_file() {
         let base = Path::new("/srv/pipelines");
-        assert_eq!(resolve(base, "data/x.jsonl"), Path::new("/srv/pipelines/data/x.jsonl"));
+        assert_eq!(
+            resolve(base, "data/x.jsonl"),
+            Path::new("/srv/pipelines/data/x.jsonl")
+        );
         assert_eq!(resolve(base, "/abs/x"), Path::new("/abs/x"));
-        assert_eq!(resolve(base, "s3://bucket/prefix"), Path::new("s3://bucket/prefix"));
+        assert_eq!(
+            resolve(base, "s3://bucket/prefix"),
+            Path::new("s3://bucket/prefix")
+        );
         assert_eq!(resolve(Path::new(""), "out"), Path::new("out"));
     }
 }

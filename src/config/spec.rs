@@ -5,7 +5,7 @@
 //! means adding a variant here, and the JSON Schema, the parser and the "known types" hints follow.
 //!
 //! These types only describe the file. Cross-references (an `input` naming a source, a `table`
-//! naming a declared table, rules naming columns) are checked by [`super::validate`]; defaults
+//! naming a declared table, rules naming columns) are checked by [`super::validate()`]; defaults
 //! that depend on other fields (`client_id`, `state_dir`) are resolved there too.
 
 use std::collections::BTreeMap;
@@ -24,7 +24,10 @@ pub const PIPELINE_VERSION: u32 = 1;
 
 /// A pipeline file: declared tables, and sources → operators → sinks.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
-#[serde(deny_unknown_fields, expecting = "a pipeline: a mapping with version, name, sources and sinks")]
+#[serde(
+    deny_unknown_fields,
+    expecting = "a pipeline: a mapping with version, name, sources and sinks"
+)]
 #[schemars(title = "LakeSync pipeline")]
 pub struct PipelineSpec {
     /// The file format version; must be 1.
@@ -58,7 +61,10 @@ pub struct PipelineSpec {
 
 /// Flush thresholds: a sink flushes when any one is reached.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
-#[serde(deny_unknown_fields, expecting = "flush settings: a mapping with max_rows, max_bytes, max_age")]
+#[serde(
+    deny_unknown_fields,
+    expecting = "flush settings: a mapping with max_rows, max_bytes, max_age"
+)]
 pub struct FlushSpec {
     /// Flush after this many deltas (default 100000).
     #[serde(default = "FlushSpec::default_max_rows")]
@@ -348,7 +354,10 @@ impl SinkSpec {
 
 /// A JSON-lines file.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
-#[serde(deny_unknown_fields, expecting = "a jsonl source: a mapping with path and table")]
+#[serde(
+    deny_unknown_fields,
+    expecting = "a jsonl source: a mapping with path and table"
+)]
 pub struct JsonlSourceSpec {
     /// The file; relative to the pipeline file's directory.
     pub path: String,
@@ -395,7 +404,10 @@ pub enum JsonlFormat {
 
 /// A SQLite database whose tables are polled for changes.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
-#[serde(deny_unknown_fields, expecting = "a sqlite source: a mapping with path and tables")]
+#[serde(
+    deny_unknown_fields,
+    expecting = "a sqlite source: a mapping with path and tables"
+)]
 pub struct SqliteSourceSpec {
     /// The database file; relative to the pipeline file's directory.
     pub path: String,
@@ -414,7 +426,10 @@ impl SqliteSourceSpec {
 
 /// One table of a SQLite source.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
-#[serde(deny_unknown_fields, expecting = "a table to read: a mapping with table and strategy")]
+#[serde(
+    deny_unknown_fields,
+    expecting = "a table to read: a mapping with table and strategy"
+)]
 pub struct SqliteTableSpec {
     /// The table; when it is not declared under `tables`, its schema is discovered at run time.
     pub table: String,
@@ -450,7 +465,10 @@ pub enum CaptureStrategy {
 
 /// A sync-rule filter: keeps the rows the rules show to `claims`, evaluated on row state.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
-#[serde(deny_unknown_fields, expecting = "a filter: a mapping with input and rules or rules_file")]
+#[serde(
+    deny_unknown_fields,
+    expecting = "a filter: a mapping with input and rules or rules_file"
+)]
 pub struct FilterSpec {
     /// The source or operator to read.
     pub input: String,
@@ -530,7 +548,10 @@ impl JsonSchema for ClaimValues {
 
 /// Iceberg tables, one per LakeSync table, in `namespace`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
-#[serde(deny_unknown_fields, expecting = "an iceberg sink: a mapping with input and catalog")]
+#[serde(
+    deny_unknown_fields,
+    expecting = "an iceberg sink: a mapping with input and catalog"
+)]
 pub struct IcebergSinkSpec {
     /// The source or operator to read (required, except inside a tier).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -554,7 +575,10 @@ impl IcebergSinkSpec {
 
 /// A SQL catalogue in a SQLite file, with a local warehouse.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
-#[serde(deny_unknown_fields, expecting = "a sql catalog: a mapping with uri and warehouse")]
+#[serde(
+    deny_unknown_fields,
+    expecting = "a sql catalog: a mapping with uri and warehouse"
+)]
 pub struct SqlCatalogSpec {
     /// The catalogue's SQLite file; relative to the pipeline file's directory.
     pub uri: String,
@@ -564,7 +588,10 @@ pub struct SqlCatalogSpec {
 
 /// An Iceberg REST catalogue.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
-#[serde(deny_unknown_fields, expecting = "a rest catalog: a mapping with uri and warehouse")]
+#[serde(
+    deny_unknown_fields,
+    expecting = "a rest catalog: a mapping with uri and warehouse"
+)]
 pub struct RestCatalogSpec {
     /// The catalogue's base URL.
     pub uri: String,
@@ -601,7 +628,10 @@ pub struct S3Spec {
 
 /// A SQLite file: deltas, and (by default) materialised tables.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
-#[serde(deny_unknown_fields, expecting = "a sqlite sink: a mapping with input and path")]
+#[serde(
+    deny_unknown_fields,
+    expecting = "a sqlite sink: a mapping with input and path"
+)]
 pub struct SqliteSinkSpec {
     /// The source or operator to read (required, except inside a tier).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -622,7 +652,10 @@ fn default_true() -> bool {
 
 /// Parquet files of deltas.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
-#[serde(deny_unknown_fields, expecting = "a parquet sink: a mapping with input and path")]
+#[serde(
+    deny_unknown_fields,
+    expecting = "a parquet sink: a mapping with input and path"
+)]
 pub struct ParquetSinkSpec {
     /// The source or operator to read (required, except inside a tier).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -652,7 +685,10 @@ pub enum ParquetCompression {
 
 /// Routes each delta by its HLC age: younger than `max_age` to `hot`, older to `cold`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
-#[serde(deny_unknown_fields, expecting = "a tier sink: a mapping with input, max_age, hot and cold")]
+#[serde(
+    deny_unknown_fields,
+    expecting = "a tier sink: a mapping with input, max_age, hot and cold"
+)]
 pub struct TierSinkSpec {
     /// The source or operator to read.
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -88,7 +88,11 @@ mod tests {
         assert_eq!(closest("idcolumn", fields), Some("id_column"));
         assert_eq!(closest("Path", fields), Some("path"));
         assert_eq!(closest("schedule", fields), None);
-        assert_eq!(closest("path", fields), None, "an exact match is no suggestion");
+        assert_eq!(
+            closest("path", fields),
+            None,
+            "an exact match is no suggestion"
+        );
         // Ties go to the earlier candidate.
         assert_eq!(closest("ab", ["ac", "ad"]), Some("ac"));
         // One-letter words only match at distance one.

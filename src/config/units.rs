@@ -63,9 +63,9 @@ impl FromStr for HumanDuration {
                 "{text:?} has no unit: write a duration such as \"{trimmed}s\" or \"{trimmed}ms\""
             ));
         }
-        humantime::parse_duration(trimmed)
-            .map(Self)
-            .map_err(|e| format!("{text:?} is not a duration ({e}); write e.g. \"5s\", \"250ms\" or \"1h30m\""))
+        humantime::parse_duration(trimmed).map(Self).map_err(|e| {
+            format!("{text:?} is not a duration ({e}); write e.g. \"5s\", \"250ms\" or \"1h30m\"")
+        })
     }
 }
 
@@ -224,7 +224,9 @@ impl FromStr for HumanSize {
                 .ok_or_else(|| format!("{text:?} has an unknown size unit {unit:?}; {HINT}"))?
         };
         let (whole, fraction) = number.split_once('.').unwrap_or((number, ""));
-        if whole.is_empty() || fraction.contains('.') || (number.contains('.') && fraction.is_empty())
+        if whole.is_empty()
+            || fraction.contains('.')
+            || (number.contains('.') && fraction.is_empty())
         {
             return Err(format!("{text:?} is not a size; {HINT}"));
         }
@@ -236,7 +238,9 @@ impl FromStr for HumanSize {
         let scale = 10u128
             .checked_pow(u32::try_from(fraction.len()).map_err(|_| too_large())?)
             .ok_or_else(too_large)?;
-        let scaled = digits.checked_mul(u128::from(factor)).ok_or_else(too_large)?;
+        let scaled = digits
+            .checked_mul(u128::from(factor))
+            .ok_or_else(too_large)?;
         if scaled % scale != 0 {
             return Err(format!("{text:?} is not a whole number of bytes"));
         }
@@ -251,7 +255,7 @@ impl fmt::Display for HumanSize {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match DISPLAY_UNITS
             .iter()
-            .find(|(_, factor)| self.0 != 0 && self.0 % factor == 0)
+            .find(|(_, factor)| self.0 != 0 && self.0.is_multiple_of(*factor))
         {
             Some((unit, factor)) => write!(f, "{}{unit}", self.0 / factor),
             None => write!(f, "{}", self.0),
@@ -263,7 +267,7 @@ impl Serialize for HumanSize {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         if DISPLAY_UNITS
             .iter()
-            .any(|(_, factor)| self.0 != 0 && self.0 % factor == 0)
+            .any(|(_, factor)| self.0 != 0 && self.0.is_multiple_of(*factor))
         {
             serializer.collect_str(self)
         } else {

@@ -76,7 +76,11 @@ impl Inputs {
             else {
                 continue;
             };
-            let text = std::fs::read_to_string(resolve(base_dir, file)).map_err(|e| e.to_string());
+            let path = resolve(base_dir, file);
+            let text = std::fs::read_to_string(&path).map_err(|e| match e.kind() {
+                std::io::ErrorKind::NotFound => format!("not found at {}", path.display()),
+                _ => format!("{e} ({})", path.display()),
+            });
             inputs.rules_files.insert(file.clone(), text);
         }
         inputs
@@ -96,6 +100,7 @@ pub fn validate(spec: &PipelineSpec, inputs: &Inputs) -> (Option<Plan>, Vec<Diag
         spec,
         inputs,
         out: Vec::new(),
+        meant: BTreeSet::new(),
     };
     v.header();
     v.tables();
@@ -218,8 +223,11 @@ impl Graph<'_> {
                             .enumerate()
                             .min_by_key(|(_, n)| names.iter().position(|m| m == *n))
                             .map_or(0, |(i, _)| i);
-                        let mut ordered: Vec<String> =
-                            cycle[first..].iter().chain(&cycle[..first]).map(|s| s.to_string()).collect();
+                        let mut ordered: Vec<String> = cycle[first..]
+                            .iter()
+                            .chain(&cycle[..first])
+                            .map(|s| s.to_string())
+                            .collect();
                         ordered.push(ordered[0].clone());
                         cycles.push(ordered);
                     }
@@ -256,6 +264,8 @@ struct Validator<'s> {
     spec: &'s PipelineSpec,
     inputs: &'s Inputs,
     out: Vec<Diagnostic>,
+    /// Names that a dangling input was probably meant to be: not also "unread".
+    meant: BTreeSet<String>,
 }
 
 impl<'s> Validator<'s> {
@@ -292,7 +302,9 @@ impl<'s> Validator<'s> {
         let spec = self.spec;
         if spec.version != PIPELINE_VERSION {
             self.error("version", format!("unsupported version {}", spec.version))
-                .hint = Some(format!("this LakeSync reads pipeline files of version {PIPELINE_VERSION}"));
+                .hint = Some(format!(
+                "this LakeSync reads pipeline files of version {PIPELINE_VERSION}"
+            ));
         }
         if !is_pipeline_name(&spec.name) {
             self.error("name", format!("{:?} is not a valid pipeline name", spec.name))
@@ -320,13 +332,17 @@ impl<'s> Validator<'s> {
         for (i, table) in self.spec.tables.iter().enumerate() {
             let path = item_path("tables", i);
             if let Err(e) = table.validate() {
-                self.error(path.clone(), kernel_message(&e));
+                let (at, message) = table_problem(&path, &table.table, &kernel_message(&e));
+                self.error(at, message);
             }
             match first.get(table.table.as_str()) {
                 Some(earlier) => {
                     self.error(
                         format!("{path}.table"),
-                        format!("table {:?} is declared twice (first at tables[{earlier}])", table.table),
+                        format!(
+                            "table {:?} is declared twice (first at tables[{earlier}])",
+                            table.table
+                        ),
                     );
                 }
                 None => {
@@ -356,9 +372,13 @@ impl<'s> Validator<'s> {
                 }
                 match owner.get(name) {
                     Some(other) => {
-                        self.error(path, format!("{name:?} is already the name of one of the {other}"))
-                            .hint = Some(
-                            "sources, operators and sinks share one namespace: rename one".to_string(),
+                        self.error(
+                            path,
+                            format!("{name:?} is already the name of one of the {other}"),
+                        )
+                        .hint = Some(
+                            "sources, operators and sinks share one namespace: rename one"
+                                .to_string(),
                         );
                     }
                     None => {
@@ -400,7 +420,8 @@ impl<'s> Validator<'s> {
                 suggest::list(&declared)
             ),
         };
-        self.error(path, format!("table {table:?} is not declared")).hint = Some(hint);
+        self.error(path, format!("table {table:?} is not declared"))
+            .hint = Some(hint);
     }
 
     fn jsonl_source(&mut self, at: &str, spec: &JsonlSourceSpec) {
@@ -410,8 +431,11 @@ impl<'s> Validator<'s> {
         }
         match (&spec.format, &spec.id_column) {
             (JsonlFormat::Deltas, Some(_)) => {
-                self.error(format!("{at}.id_column"), "id_column applies only to format: rows")
-                    .hint = Some("a delta names its row with rowId; remove id_column".to_string());
+                self.error(
+                    format!("{at}.id_column"),
+                    "id_column applies only to format: rows",
+                )
+                .hint = Some("a delta names its row with rowId; remove id_column".to_string());
             }
             (JsonlFormat::Rows, Some(column)) => {
                 self.non_empty(format!("{at}.id_column"), column);
@@ -429,18 +453,27 @@ impl<'s> Validator<'s> {
             self.error(format!("{at}.poll_interval"), "must be longer than 0s");
         }
         if spec.tables.is_empty() {
-            self.error(format!("{at}.tables"), "a sqlite source needs at least one table");
+            self.error(
+                format!("{at}.tables"),
+                "a sqlite source needs at least one table",
+            );
         }
         let mut seen: HashMap<&str, usize> = HashMap::new();
         for (i, table) in spec.tables.iter().enumerate() {
             let path = item_path(&format!("{at}.tables"), i);
             if !is_identifier(&table.table) {
-                self.error(format!("{path}.table"), format!("{:?} is not a valid table name", table.table));
+                self.error(
+                    format!("{path}.table"),
+                    format!("{:?} is not a valid table name", table.table),
+                );
             }
             if let Some(earlier) = seen.insert(&table.table, i) {
                 self.error(
                     format!("{path}.table"),
-                    format!("table {:?} is listed twice (first at tables[{earlier}])", table.table),
+                    format!(
+                        "table {:?} is listed twice (first at tables[{earlier}])",
+                        table.table
+                    ),
                 );
             }
             self.non_empty(format!("{path}.id_column"), &table.id_column);
@@ -452,7 +485,10 @@ impl<'s> Validator<'s> {
                     );
                 }
                 (CaptureStrategy::Diff | CaptureStrategy::DeltaLog, Some(_)) => {
-                    self.error(format!("{path}.cursor_column"), "cursor_column applies only to strategy: cursor");
+                    self.error(
+                        format!("{path}.cursor_column"),
+                        "cursor_column applies only to strategy: cursor",
+                    );
                 }
                 _ => {}
             }
@@ -509,13 +545,17 @@ impl<'s> Validator<'s> {
 
     fn graph(&mut self) -> Graph<'s> {
         let graph = Graph { spec: self.spec };
-        for cycle in graph.cycles() {
+        // An operator reading itself is reported by the input check.
+        for cycle in graph.cycles().into_iter().filter(|c| c.len() > 2) {
             let first = cycle[0].clone();
             self.error(
                 format!("{}.input", child_path("operators", &first)),
-                format!("operators form a cycle: {}", cycle.join(" → ")),
+                format!("operators form a cycle of inputs: {}", cycle.join(" → ")),
             )
-            .hint = Some("every chain of inputs must lead back to a source".to_string());
+            .hint = Some(
+                "each arrow points to an operator's input; every chain of inputs must lead back to a source"
+                    .to_string(),
+            );
         }
         graph
     }
@@ -544,13 +584,20 @@ impl<'s> Validator<'s> {
                     .then(|| format!("sources and operators: {}", suggest::list(&candidates)))
             })
         };
+        if let Some(meant) = suggest::closest(input, candidates.iter().copied()) {
+            self.meant.insert(meant.to_string());
+        }
         self.error(path, format!("{input:?} is not a source or operator"))
             .hint = hint;
     }
 
     /// The declared schemas and the discovered table names of the tables reaching `name` (a
     /// source or an operator); `None` when the chain is broken.
-    fn reaching(&self, graph: &Graph<'_>, name: &str) -> Option<(Vec<&'s TableSchema>, Vec<String>)> {
+    fn reaching(
+        &self,
+        graph: &Graph<'_>,
+        name: &str,
+    ) -> Option<(Vec<&'s TableSchema>, Vec<String>)> {
         let (source, _) = graph.chain(name)?;
         let names: Vec<String> = match self.spec.sources.get(&source)? {
             SourceSpec::Jsonl(spec) => vec![spec.table.clone()],
@@ -592,21 +639,21 @@ impl<'s> Validator<'s> {
                 return None;
             }
             (None, None) => {
-                self.error(at, "a filter needs rules (inline) or rules_file").hint =
-                    Some("e.g. rules_file: sync-rules.json".to_string());
+                self.error(at, "a filter needs rules (inline) or rules_file")
+                    .hint = Some("e.g. rules_file: sync-rules.json".to_string());
                 return None;
             }
-            (Some(value), None) => (
-                SyncRules::from_value(value),
-                format!("{at}.rules"),
-                None,
-            ),
+            (Some(value), None) => (SyncRules::from_value(value), format!("{at}.rules"), None),
             (None, Some(file)) => {
                 let path = format!("{at}.rules_file");
                 match self.inputs.rules_files.get(file) {
                     Some(Ok(text)) => (SyncRules::from_json(text), path, Some(file.clone())),
                     Some(Err(reason)) => {
-                        self.error(path, format!("cannot read {file:?}: {reason}"));
+                        self.error(path, format!("cannot read {file:?}: {reason}"))
+                            .hint = Some(
+                            "a relative rules_file is relative to the pipeline file's directory"
+                                .to_string(),
+                        );
                         return None;
                     }
                     None => {
@@ -619,14 +666,22 @@ impl<'s> Validator<'s> {
         let rules = match rules {
             Ok(rules) => rules,
             Err(e) => {
-                self.rule_problems(&rules_at, file_prefix.as_deref(), &kernel_message(&e), None, &[]);
+                self.rule_problems(
+                    &rules_at,
+                    file_prefix.as_deref(),
+                    &kernel_message(&e),
+                    None,
+                    &[],
+                );
                 return None;
             }
         };
         let claims = spec
             .claims
             .iter()
-            .fold(Claims::new(), |claims, (name, values)| claims.with(name, values.0.clone()));
+            .fold(Claims::new(), |claims, (name, values)| {
+                claims.with(name, values.0.clone())
+            });
 
         // Claims the rules use but the filter does not set.
         let mut missing: BTreeMap<&str, Vec<String>> = BTreeMap::new();
@@ -635,7 +690,7 @@ impl<'s> Validator<'s> {
                 if let Some(claim) = filter.claim()
                     && !spec.claims.contains_key(claim)
                 {
-                    let label = format!("buckets[{i}] ({:?})", bucket.name);
+                    let label = format!("buckets[{i}] {:?}", bucket.name);
                     let users = missing.entry(claim).or_default();
                     if !users.contains(&label) {
                         users.push(label);
@@ -644,11 +699,15 @@ impl<'s> Validator<'s> {
             }
         }
         for (claim, users) in missing {
-            let path = if spec.claims.is_empty() { at.to_string() } else { format!("{at}.claims") };
+            let path = if spec.claims.is_empty() {
+                at.to_string()
+            } else {
+                format!("{at}.claims")
+            };
             self.warning(
                 path,
                 format!(
-                    "the rules use claim {claim:?} ({}), which this filter does not set: those filters match nothing",
+                    "the rules use claim {claim:?} (in {}), which this filter does not set, so those filters match nothing",
                     users.join(", ")
                 ),
             )
@@ -770,7 +829,8 @@ impl<'s> Validator<'s> {
                         }
                         self.non_empty(format!("{at}.catalog.warehouse"), &c.warehouse);
                         if let Some(endpoint) = c.s3.as_ref().and_then(|s| s.endpoint.as_ref())
-                            && !(endpoint.starts_with("http://") || endpoint.starts_with("https://"))
+                            && !(endpoint.starts_with("http://")
+                                || endpoint.starts_with("https://"))
                         {
                             self.error(
                                 format!("{at}.catalog.s3.endpoint"),
@@ -784,7 +844,10 @@ impl<'s> Validator<'s> {
                         format!("{at}.namespace"),
                         format!("{:?} is not a valid namespace", spec.namespace),
                     )
-                    .hint = Some("one or more identifiers separated by dots, e.g. lakesync or analytics.raw".to_string());
+                    .hint = Some(
+                        "one or more identifiers separated by dots, e.g. lakesync or analytics.raw"
+                            .to_string(),
+                    );
                 }
             }
             SinkSpec::Sqlite(spec) => self.non_empty(format!("{at}.path"), &spec.path),
@@ -796,17 +859,26 @@ impl<'s> Validator<'s> {
                 for (side, inner) in [("hot", &spec.hot), ("cold", &spec.cold)] {
                     let path = format!("{at}.{side}");
                     if let SinkSpec::Tier(_) = inner.as_ref() {
-                        self.error(format!("{path}.type"), format!("a tier's {side} sink cannot be a tier"))
-                            .hint = Some("use iceberg, sqlite or parquet".to_string());
+                        self.error(
+                            format!("{path}.type"),
+                            format!("a tier's {side} sink cannot be a tier"),
+                        )
+                        .hint = Some("use iceberg, sqlite or parquet".to_string());
                         continue;
                     }
                     if inner.input().is_some() {
-                        self.error(format!("{path}.input"), format!("the {side} sink reads from its tier"))
-                            .hint = Some("remove input".to_string());
+                        self.error(
+                            format!("{path}.input"),
+                            format!("the {side} sink reads from its tier"),
+                        )
+                        .hint = Some("remove input".to_string());
                     }
                     if inner.required_field().is_some() {
-                        self.error(format!("{path}.required"), format!("the {side} sink is as required as its tier"))
-                            .hint = Some("remove required here; set it on the tier".to_string());
+                        self.error(
+                            format!("{path}.required"),
+                            format!("the {side} sink is as required as its tier"),
+                        )
+                        .hint = Some("remove required here; set it on the tier".to_string());
                     }
                     self.sink(&path, inner);
                 }
@@ -823,16 +895,56 @@ impl<'s> Validator<'s> {
             .chain(spec.sinks.iter().filter_map(|(_, s)| s.input()))
             .collect();
         for (kind, what, names) in [
-            ("sources", "source", spec.sources.names().collect::<Vec<_>>()),
-            ("operators", "operator", spec.operators.names().collect::<Vec<_>>()),
+            (
+                "sources",
+                "source",
+                spec.sources.names().collect::<Vec<_>>(),
+            ),
+            (
+                "operators",
+                "operator",
+                spec.operators.names().collect::<Vec<_>>(),
+            ),
         ] {
             for name in names {
-                if !read.contains(name) {
-                    self.warning(child_path(kind, name), format!("nothing reads {what} {name:?}"))
-                        .hint = Some(format!("give a sink or operator `input: {name}`, or remove it"));
+                if !read.contains(name) && !self.meant.contains(name) {
+                    self.warning(
+                        child_path(kind, name),
+                        format!("nothing reads {what} {name:?}"),
+                    )
+                    .hint = Some(format!(
+                        "give a sink or operator `input: {name}`, or remove it"
+                    ));
                 }
             }
         }
+    }
+}
+
+/// Places a [`TableSchema::validate`] message (`table "t" columns[2]: …`, `table name: …`) at
+/// the path of what it is about, below `at` (`tables[i]`).
+fn table_problem(at: &str, table: &str, message: &str) -> (String, String) {
+    if let Some(rest) = message.strip_prefix("table name: ") {
+        return (format!("{at}.table"), rest.to_string());
+    }
+    if let Some(rest) = message.strip_prefix("sourceTable: ") {
+        return (format!("{at}.sourceTable"), rest.to_string());
+    }
+    let rest = message
+        .strip_prefix(&format!("table {table:?} "))
+        .or_else(|| message.strip_prefix(&format!("table {table:?}: ")));
+    match rest {
+        Some(rest) if rest.starts_with("columns[") => match rest.split_once(": ") {
+            Some((column, text)) => (format!("{at}.{column}"), text.to_string()),
+            None => (at.to_string(), message.to_string()),
+        },
+        Some(rest) if rest.starts_with("primaryKey") => {
+            (format!("{at}.primaryKey"), rest.to_string())
+        }
+        Some(rest) if rest.starts_with("externalIdColumn") => {
+            (format!("{at}.externalIdColumn"), rest.to_string())
+        }
+        _ => (at.to_string(), message.to_string()),
     }
 }
 
@@ -845,7 +957,10 @@ fn split_problems(message: &str) -> Vec<&str> {
     while let Some(found) = message[search..].find("; ") {
         let at = search + found;
         let next = &message[at + 2..];
-        if next.starts_with("buckets") || next.starts_with("version") || next.starts_with("the document") {
+        if next.starts_with("buckets")
+            || next.starts_with("version")
+            || next.starts_with("the document")
+        {
             problems.push(&message[start..at]);
             start = at + 2;
         }
@@ -902,7 +1017,9 @@ mod tests {
         assert!(!is_identifier("1x") && !is_identifier("a-b") && !is_identifier(""));
         assert!(!is_identifier(&"x".repeat(65)) && is_identifier(&"x".repeat(64)));
         assert!(is_pipeline_name("quickstart") && is_pipeline_name("0-archive_2"));
-        assert!(!is_pipeline_name("Quickstart") && !is_pipeline_name("-x") && !is_pipeline_name(""));
+        assert!(
+            !is_pipeline_name("Quickstart") && !is_pipeline_name("-x") && !is_pipeline_name("")
+        );
         assert!(!is_pipeline_name(&"x".repeat(64)) && is_pipeline_name(&"x".repeat(63)));
     }
 
@@ -921,6 +1038,84 @@ mod tests {
             strip_bucket_labels("buckets[1] (\"user-todos\").filters[0].op"),
             "buckets[1].filters[0].op"
         );
-        assert_eq!(strip_bucket_labels("buckets[3].tables[0]"), "buckets[3].tables[0]");
+        assert_eq!(
+            strip_bucket_labels("buckets[3].tables[0]"),
+            "buckets[3].tables[0]"
+        );
+    }
+
+    #[test]
+    fn operators_are_ordered_after_their_inputs_and_lanes_run_source_to_sink() {
+        let text = "version: 1\nname: t\ntables: [{table: t, columns: [{name: c, type: string}]}]\n\
+            sources: {s: {type: jsonl, path: s.jsonl, table: t}}\n\
+            operators:\n  \
+              last: {type: filter, input: middle, rules: {version: 1, buckets: []}}\n  \
+              middle: {type: filter, input: first, rules: {version: 1, buckets: []}}\n  \
+              first: {type: filter, input: s, rules: {version: 1, buckets: []}}\n\
+            sinks:\n  \
+              a: {type: sqlite, input: last, path: a.sqlite}\n  \
+              b: {type: parquet, input: first, path: b, required: false}\n  \
+              c: {type: sqlite, input: s, path: c.sqlite}\n";
+        let spec = super::super::parse(text, &super::super::Env::default())
+            .unwrap()
+            .spec;
+        let (plan, diagnostics) = validate(&spec, &Inputs::new("/p"));
+        assert!(diagnostics.is_empty(), "{diagnostics:?}");
+        let plan = plan.unwrap();
+        assert_eq!(plan.operator_order, ["first", "middle", "last"]);
+        let lanes: Vec<(&str, &str, Vec<&str>, bool)> = plan
+            .lanes
+            .iter()
+            .map(|l| {
+                (
+                    l.sink.as_str(),
+                    l.source.as_str(),
+                    l.operators.iter().map(String::as_str).collect(),
+                    l.required,
+                )
+            })
+            .collect();
+        assert_eq!(
+            lanes,
+            [
+                ("a", "s", vec!["first", "middle", "last"], true),
+                ("b", "s", vec!["first"], false),
+                ("c", "s", vec![], true),
+            ]
+        );
+    }
+
+    #[test]
+    fn table_problems_are_placed_at_what_they_are_about() {
+        let at = "tables[1]";
+        for (message, path, text) in [
+            (
+                "table name: must not be empty",
+                "tables[1].table",
+                "must not be empty",
+            ),
+            (
+                "table \"t\" columns[2]: \"_op\" is reserved by LakeSync",
+                "tables[1].columns[2]",
+                "\"_op\" is reserved by LakeSync",
+            ),
+            (
+                "table \"t\": primaryKey must name at least one column",
+                "tables[1].primaryKey",
+                "primaryKey must name at least one column",
+            ),
+            (
+                "table \"t\": externalIdColumn \"x\" is not a column",
+                "tables[1].externalIdColumn",
+                "externalIdColumn \"x\" is not a column",
+            ),
+            ("something else", "tables[1]", "something else"),
+        ] {
+            assert_eq!(
+                table_problem(at, "t", message),
+                (path.to_string(), text.to_string()),
+                "{message}"
+            );
+        }
     }
 }

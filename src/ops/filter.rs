@@ -67,12 +67,14 @@ impl FilterOperator {
     }
 
     fn table_state(&mut self, table: &TableRef) -> &mut TableState {
-        self.tables.entry(table.table.clone()).or_insert_with(|| TableState {
-            table: table.clone(),
-            state: None,
-            index: HashMap::new(),
-            emitted: HashMap::new(),
-        })
+        self.tables
+            .entry(table.table.clone())
+            .or_insert_with(|| TableState {
+                table: table.clone(),
+                state: None,
+                index: HashMap::new(),
+                emitted: HashMap::new(),
+            })
     }
 }
 
@@ -82,15 +84,33 @@ impl TableState {
         let tombstone = merge(
             &self.table,
             None,
-            &[deltas_to_batch(&self.table, &[RowDelta::new(DeltaOp::Delete, self.table.delta_table(), "", "", vec![], HlcTimestamp(0))])?],
+            &[deltas_to_batch(
+                &self.table,
+                &[RowDelta::new(
+                    DeltaOp::Delete,
+                    self.table.delta_table(),
+                    "",
+                    "",
+                    vec![],
+                    HlcTimestamp(0),
+                )],
+            )?],
         )?;
         let padded = match &self.state {
-            Some(s) if s.schema() == tombstone.schema() => concat_batches(&s.schema(), [s, &tombstone])?,
-            Some(s) => concat_batches(&tombstone.schema(), [&merge(&self.table, Some(s), &[])?, &tombstone])?,
+            Some(s) if s.schema() == tombstone.schema() => {
+                concat_batches(&s.schema(), [s, &tombstone])?
+            }
+            Some(s) => concat_batches(
+                &tombstone.schema(),
+                [&merge(&self.table, Some(s), &[])?, &tombstone],
+            )?,
             None => tombstone,
         };
         let absent = padded.num_rows() as u32 - 1;
-        let indices: UInt32Array = ids.iter().map(|id| Some(self.index.get(*id).copied().unwrap_or(absent))).collect();
+        let indices: UInt32Array = ids
+            .iter()
+            .map(|id| Some(self.index.get(*id).copied().unwrap_or(absent)))
+            .collect();
         Ok(take_record_batch(&padded, &indices)?)
     }
 
@@ -119,9 +139,13 @@ impl TableState {
     }
 
     fn reindex(&mut self) -> Result<()> {
-        let Some(state) = &self.state else { return Ok(()) };
+        let Some(state) = &self.state else {
+            return Ok(());
+        };
         let ids = state.column(0).as_string::<i32>();
-        self.index = (0..state.num_rows()).map(|i| (ids.value(i).to_string(), i as u32)).collect();
+        self.index = (0..state.num_rows())
+            .map(|i| (ids.value(i).to_string(), i as u32))
+            .collect();
         Ok(())
     }
 }
@@ -135,7 +159,12 @@ impl Operator for FilterOperator {
         Ok(input.clone())
     }
 
-    fn process(&mut self, table: &TableRef, batch: RecordBatch, _ctx: &OpContext) -> Result<Vec<RecordBatch>> {
+    fn process(
+        &mut self,
+        table: &TableRef,
+        batch: RecordBatch,
+        _ctx: &OpContext,
+    ) -> Result<Vec<RecordBatch>> {
         if batch.num_rows() == 0 {
             return Ok(Vec::new());
         }
@@ -147,7 +176,10 @@ impl Operator for FilterOperator {
         let mut seen = std::collections::HashSet::new();
         for i in 0..batch.num_rows() {
             if row_ids.value(i).is_empty() {
-                return Err(Error::invalid("delta", format!("an empty row id in table {:?}", table.table)));
+                return Err(Error::invalid(
+                    "delta",
+                    format!("an empty row id in table {:?}", table.table),
+                ));
             }
             if seen.insert(row_ids.value(i)) {
                 changed.push(row_ids.value(i));
@@ -158,10 +190,18 @@ impl Operator for FilterOperator {
         // `merge` emits prior rows first: `before` holds one row per changed id (tombstones for
         // new ones, all with the empty row id ""), so look rows up by id.
         let merged_ids = merged.column(0).as_string::<i32>();
-        let position: HashMap<&str, u32> = (0..merged.num_rows()).map(|i| (merged_ids.value(i), i as u32)).collect();
+        let position: HashMap<&str, u32> = (0..merged.num_rows())
+            .map(|i| (merged_ids.value(i), i as u32))
+            .collect();
         let after_idx: UInt32Array = changed
             .iter()
-            .map(|id| position.get(id).copied().ok_or_else(|| Error::internal(format!("row {id} lost in merge"))).map(Some))
+            .map(|id| {
+                position
+                    .get(id)
+                    .copied()
+                    .ok_or_else(|| Error::internal(format!("row {id} lost in merge")))
+                    .map(Some)
+            })
             .collect::<Result<_>>()?;
         let after = take_record_batch(&merged, &after_idx)?;
         let routes = visibility(&filter, &st.table.table, &before, &after)?;
@@ -170,7 +210,10 @@ impl Operator for FilterOperator {
         let versions = after.column(5).as_list::<i32>();
         let mut out = Vec::new();
         for (i, id) in changed.iter().enumerate() {
-            let (visible, leaving) = (routes.keep.value(i) || routes.enter.value(i), routes.leave.value(i));
+            let (visible, leaving) = (
+                routes.keep.value(i) || routes.enter.value(i),
+                routes.leave.value(i),
+            );
             if !visible && !leaving {
                 continue;
             }
@@ -186,11 +229,27 @@ impl Operator for FilterOperator {
                     .iter()
                     .enumerate()
                     .filter(|(pos, _)| *pos < held.len() && held.is_valid(*pos))
-                    .map(|(pos, def)| Ok(ColumnDelta::new(def.name.clone(), cell_to_json(after.column(state::RESERVED + pos), i, def.column_type)?)))
+                    .map(|(pos, def)| {
+                        Ok(ColumnDelta::new(
+                            def.name.clone(),
+                            cell_to_json(after.column(state::RESERVED + pos), i, def.column_type)?,
+                        ))
+                    })
                     .collect::<Result<Vec<_>>>()?
             };
-            let op = if leaving { DeltaOp::Delete } else { DeltaOp::Insert };
-            out.push(RowDelta::new(op, st.table.delta_table(), *id, &client_id, columns, HlcTimestamp(hlc)));
+            let op = if leaving {
+                DeltaOp::Delete
+            } else {
+                DeltaOp::Insert
+            };
+            out.push(RowDelta::new(
+                op,
+                st.table.delta_table(),
+                *id,
+                &client_id,
+                columns,
+                HlcTimestamp(hlc),
+            ));
         }
         st.update(&after)?;
         if out.is_empty() {
@@ -205,10 +264,26 @@ impl Operator for FilterOperator {
             if let Some(state) = &st.state {
                 out.push(state.clone());
             }
-            let (ids, hlcs): (Vec<&str>, Vec<u64>) = st.emitted.iter().map(|(k, v)| (k.as_str(), *v)).unzip();
-            let schema = Schema::new(vec![Field::new("row_id", DataType::Utf8, false), Field::new("hlc", DataType::UInt64, false)])
-                .with_metadata([(TABLE_METADATA_KEY.to_string(), st.table.table.clone()), (EMITTED_METADATA_KEY.to_string(), "1".to_string())].into());
-            out.push(RecordBatch::try_new(Arc::new(schema), vec![Arc::new(StringArray::from(ids)), Arc::new(UInt64Array::from(hlcs))])?);
+            let (ids, hlcs): (Vec<&str>, Vec<u64>) =
+                st.emitted.iter().map(|(k, v)| (k.as_str(), *v)).unzip();
+            let schema = Schema::new(vec![
+                Field::new("row_id", DataType::Utf8, false),
+                Field::new("hlc", DataType::UInt64, false),
+            ])
+            .with_metadata(
+                [
+                    (TABLE_METADATA_KEY.to_string(), st.table.table.clone()),
+                    (EMITTED_METADATA_KEY.to_string(), "1".to_string()),
+                ]
+                .into(),
+            );
+            out.push(RecordBatch::try_new(
+                Arc::new(schema),
+                vec![
+                    Arc::new(StringArray::from(ids)),
+                    Arc::new(UInt64Array::from(hlcs)),
+                ],
+            )?);
         }
         Ok(out)
     }
@@ -216,18 +291,26 @@ impl Operator for FilterOperator {
     fn restore(&mut self, saved: Vec<RecordBatch>) -> Result<()> {
         for batch in saved {
             let meta = batch.schema().metadata().clone();
-            let table = meta.get(TABLE_METADATA_KEY).ok_or_else(|| Error::invalid("filter state", "a saved batch names no table"))?;
-            let st = self
-                .tables
-                .get_mut(table)
-                .ok_or_else(|| Error::invalid("filter state", format!("saved state for unknown table {table:?}")))?;
+            let table = meta
+                .get(TABLE_METADATA_KEY)
+                .ok_or_else(|| Error::invalid("filter state", "a saved batch names no table"))?;
+            let st = self.tables.get_mut(table).ok_or_else(|| {
+                Error::invalid(
+                    "filter state",
+                    format!("saved state for unknown table {table:?}"),
+                )
+            })?;
             if meta.contains_key(EMITTED_METADATA_KEY) {
                 let ids = batch.column(0).as_string::<i32>();
                 let hlcs: &UInt64Array = batch.column(1).as_primitive();
-                st.emitted = (0..batch.num_rows()).map(|i| (ids.value(i).to_string(), hlcs.value(i))).collect();
+                st.emitted = (0..batch.num_rows())
+                    .map(|i| (ids.value(i).to_string(), hlcs.value(i)))
+                    .collect();
             } else {
                 let ids = batch.column(0).as_string::<i32>();
-                st.index = (0..batch.num_rows()).map(|i| (ids.value(i).to_string(), i as u32)).collect();
+                st.index = (0..batch.num_rows())
+                    .map(|i| (ids.value(i).to_string(), i as u32))
+                    .collect();
                 st.state = Some(batch);
             }
         }

@@ -88,7 +88,12 @@ pub trait Operator: Debug + Send {
     fn output_schema(&self, input: &TableSchema) -> Result<TableSchema>;
 
     /// Transforms one batch of `table`; may emit zero or more batches.
-    fn process(&mut self, table: &TableRef, batch: RecordBatch, ctx: &OpContext) -> Result<Vec<RecordBatch>>;
+    fn process(
+        &mut self,
+        table: &TableRef,
+        batch: RecordBatch,
+        ctx: &OpContext,
+    ) -> Result<Vec<RecordBatch>>;
 
     /// The operator's state, one batch per table, to be saved with a checkpoint. Stateless
     /// operators return nothing.

@@ -13,8 +13,8 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::str::FromStr;
 
-use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions};
 use sqlx::Row;
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions};
 
 use crate::runtime::api::Position;
 use crate::{Error, Result};
@@ -53,7 +53,10 @@ impl CheckpointStore {
     /// Opens (creating) the store in `state_dir`.
     pub async fn open(state_dir: &Path) -> Result<Self> {
         std::fs::create_dir_all(state_dir).map_err(|e| {
-            Error::invalid("state_dir", format!("cannot create {}: {e}", state_dir.display()))
+            Error::invalid(
+                "state_dir",
+                format!("cannot create {}: {e}", state_dir.display()),
+            )
         })?;
         let path = state_dir.join("checkpoint.sqlite");
         let options = SqliteConnectOptions::from_str(&format!("sqlite://{}", path.display()))
@@ -76,10 +79,11 @@ impl CheckpointStore {
 
     /// The newest committed epoch and its plan (source end positions), if any.
     pub async fn last_committed(&self) -> Result<Option<EpochPlan>> {
-        let epoch: Option<i64> = sqlx::query_scalar("SELECT max(epoch) FROM epochs WHERE committed = 1")
-            .fetch_one(&self.pool)
-            .await
-            .map_err(db_error)?;
+        let epoch: Option<i64> =
+            sqlx::query_scalar("SELECT max(epoch) FROM epochs WHERE committed = 1")
+                .fetch_one(&self.pool)
+                .await
+                .map_err(db_error)?;
         match epoch {
             Some(e) => self.plan(e as u64).await.map(Some),
             None => Ok(None),
@@ -88,10 +92,11 @@ impl CheckpointStore {
 
     /// The planned epoch after the last committed one, if a crash left one behind.
     pub async fn pending(&self) -> Result<Option<EpochPlan>> {
-        let epoch: Option<i64> = sqlx::query_scalar("SELECT min(epoch) FROM epochs WHERE committed = 0")
-            .fetch_one(&self.pool)
-            .await
-            .map_err(db_error)?;
+        let epoch: Option<i64> =
+            sqlx::query_scalar("SELECT min(epoch) FROM epochs WHERE committed = 0")
+                .fetch_one(&self.pool)
+                .await
+                .map_err(db_error)?;
         match epoch {
             Some(e) => self.plan(e as u64).await.map(Some),
             None => Ok(None),
@@ -99,11 +104,13 @@ impl CheckpointStore {
     }
 
     async fn plan(&self, epoch: u64) -> Result<EpochPlan> {
-        let rows = sqlx::query("SELECT source, start, batches, end_position FROM epoch_sources WHERE epoch = ?")
-            .bind(epoch as i64)
-            .fetch_all(&self.pool)
-            .await
-            .map_err(db_error)?;
+        let rows = sqlx::query(
+            "SELECT source, start, batches, end_position FROM epoch_sources WHERE epoch = ?",
+        )
+        .bind(epoch as i64)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db_error)?;
         let mut sources = BTreeMap::new();
         for row in rows {
             let parse = |text: Option<String>| -> Result<Option<Position>> {
@@ -130,7 +137,11 @@ impl CheckpointStore {
     pub async fn record_planned(&self, plan: &EpochPlan) -> Result<()> {
         let mut tx = self.pool.begin().await.map_err(db_error)?;
         let epoch = plan.epoch as i64;
-        sqlx::query("DELETE FROM epoch_sources WHERE epoch = ?").bind(epoch).execute(&mut *tx).await.map_err(db_error)?;
+        sqlx::query("DELETE FROM epoch_sources WHERE epoch = ?")
+            .bind(epoch)
+            .execute(&mut *tx)
+            .await
+            .map_err(db_error)?;
         sqlx::query("INSERT OR REPLACE INTO epochs (epoch, committed) VALUES (?, 0)")
             .bind(epoch)
             .execute(&mut *tx)
@@ -182,7 +193,15 @@ mod tests {
         assert_eq!(store.last_committed().await.unwrap(), None);
         let plan = |epoch, end| EpochPlan {
             epoch,
-            sources: [("s".to_string(), SourceSpan { start: None, batches: 2, end: Some(Position(json!({"line": end}))) })].into(),
+            sources: [(
+                "s".to_string(),
+                SourceSpan {
+                    start: None,
+                    batches: 2,
+                    end: Some(Position(json!({"line": end}))),
+                },
+            )]
+            .into(),
         };
         store.record_planned(&plan(1, 10)).await.unwrap();
         assert_eq!(store.pending().await.unwrap(), Some(plan(1, 10)));

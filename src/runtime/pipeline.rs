@@ -27,7 +27,9 @@ use futures::StreamExt;
 use futures::stream::SelectAll;
 
 use crate::kernel::parquet_io::{read_parquet, write_parquet};
-use crate::runtime::api::{OpContext, Operator, Position, ReadMode, Sink, Source, SourceBatch, SourceStream, TableRef};
+use crate::runtime::api::{
+    OpContext, Operator, Position, ReadMode, Sink, Source, SourceBatch, SourceStream, TableRef,
+};
 use crate::runtime::checkpoint::{CheckpointStore, EpochPlan, SourceSpan};
 use crate::{Error, Result};
 
@@ -44,7 +46,11 @@ pub struct FlushPolicy {
 
 impl Default for FlushPolicy {
     fn default() -> Self {
-        Self { max_rows: 100_000, max_bytes: 64 << 20, max_age: Duration::from_secs(5) }
+        Self {
+            max_rows: 100_000,
+            max_bytes: 64 << 20,
+            max_age: Duration::from_secs(5),
+        }
     }
 }
 
@@ -143,7 +149,11 @@ impl std::fmt::Display for RunSummary {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let read: u64 = self.source_rows.values().sum();
         let secs = self.elapsed.as_secs_f64().max(1e-9);
-        writeln!(f, "pipeline {}: {} epochs committed (last epoch {}), {:.2}s", self.pipeline, self.epochs, self.last_epoch, secs)?;
+        writeln!(
+            f,
+            "pipeline {}: {} epochs committed (last epoch {}), {:.2}s",
+            self.pipeline, self.epochs, self.last_epoch, secs
+        )?;
         if self.replayed {
             writeln!(f, "  replayed an epoch left uncommitted by an earlier run")?;
         }
@@ -152,7 +162,11 @@ impl std::fmt::Display for RunSummary {
         }
         writeln!(f, "  throughput: {:.0} deltas/s", read as f64 / secs)?;
         for (name, s) in &self.sinks {
-            write!(f, "  sink {name}: {} deltas, {} bytes, {} commits", s.rows, s.bytes, s.commits)?;
+            write!(
+                f,
+                "  sink {name}: {} deltas, {} bytes, {} commits",
+                s.rows, s.bytes, s.commits
+            )?;
             if s.failures > 0 {
                 write!(f, ", {} FAILED commits", s.failures)?;
             }
@@ -168,10 +182,17 @@ const COMMIT_BACKOFF: Duration = Duration::from_millis(200);
 
 /// Runs `graph` until its sources end (`Once`) or shutdown is requested (Ctrl-C, or `shutdown`
 /// resolving). The in-flight epoch is finished and committed before returning.
-pub async fn run(mut graph: PipelineGraph, options: RunOptions, shutdown: impl std::future::Future<Output = ()> + Send) -> Result<RunSummary> {
+pub async fn run(
+    mut graph: PipelineGraph,
+    options: RunOptions,
+    shutdown: impl std::future::Future<Output = ()> + Send,
+) -> Result<RunSummary> {
     let started = Instant::now();
     let store = CheckpointStore::open(&graph.state_dir).await?;
-    let mut summary = RunSummary { pipeline: graph.name.clone(), ..Default::default() };
+    let mut summary = RunSummary {
+        pipeline: graph.name.clone(),
+        ..Default::default()
+    };
     for s in &graph.sinks {
         summary.sinks.insert(s.name.clone(), SinkSummary::default());
     }
@@ -193,7 +214,11 @@ pub async fn run(mut graph: PipelineGraph, options: RunOptions, shutdown: impl s
     let mut positions: Vec<Option<Position>> = graph
         .sources
         .iter()
-        .map(|s| last.as_ref().and_then(|p| p.sources.get(s.name())).and_then(|span| span.end.clone()))
+        .map(|s| {
+            last.as_ref()
+                .and_then(|p| p.sources.get(s.name()))
+                .and_then(|span| span.end.clone())
+        })
         .collect();
 
     // Replay an epoch a crash left planned but uncommitted.
@@ -201,26 +226,55 @@ pub async fn run(mut graph: PipelineGraph, options: RunOptions, shutdown: impl s
         tracing::warn!(pipeline = %graph.name, epoch = plan.epoch, "replaying an epoch left uncommitted by an earlier run");
         let mut batches = Vec::new();
         for (i, source) in graph.sources.iter_mut().enumerate() {
-            let Some(span) = plan.sources.get(source.name()) else { continue };
+            let Some(span) = plan.sources.get(source.name()) else {
+                continue;
+            };
             let mut stream = source.open(span.start.clone(), ReadMode::Once).await?;
             for _ in 0..span.batches {
                 let batch = stream.next().await.ok_or_else(|| {
-                    Error::invalid("source", format!("source {:?} ended before replaying epoch {}: its input changed", source.name(), plan.epoch))
+                    Error::invalid(
+                        "source",
+                        format!(
+                            "source {:?} ended before replaying epoch {}: its input changed",
+                            source.name(),
+                            plan.epoch
+                        ),
+                    )
                 })??;
                 batches.push((i, batch));
             }
-            let reached = batches.iter().rev().find(|(j, _)| *j == i).map(|(_, b)| b.position.clone());
+            let reached = batches
+                .iter()
+                .rev()
+                .find(|(j, _)| *j == i)
+                .map(|(_, b)| b.position.clone());
             if span.batches > 0 && reached != span.end {
-                return Err(Error::invalid("source", format!("source {:?} did not replay epoch {} to the same position: its input changed", source.name(), plan.epoch)));
+                return Err(Error::invalid(
+                    "source",
+                    format!(
+                        "source {:?} did not replay epoch {} to the same position: its input changed",
+                        source.name(),
+                        plan.epoch
+                    ),
+                ));
             }
         }
-        commit_epoch(&mut graph, &store, plan.epoch, batches, &mut positions, &mut summary).await?;
+        commit_epoch(
+            &mut graph,
+            &store,
+            plan.epoch,
+            batches,
+            &mut positions,
+            &mut summary,
+        )
+        .await?;
         epoch = plan.epoch;
         summary.replayed = true;
     }
 
     let mode = options.mode;
-    let mut streams: SelectAll<futures::stream::BoxStream<'static, (usize, Result<SourceBatch>)>> = SelectAll::new();
+    let mut streams: SelectAll<futures::stream::BoxStream<'static, (usize, Result<SourceBatch>)>> =
+        SelectAll::new();
     for (i, source) in graph.sources.iter_mut().enumerate() {
         let stream: SourceStream = source.open(positions[i].clone(), mode).await?;
         streams.push(stream.map(move |b| (i, b)).boxed());
@@ -247,7 +301,10 @@ pub async fn run(mut graph: PipelineGraph, options: RunOptions, shutdown: impl s
             let batch = batch?;
             rows += batch.batch.num_rows();
             bytes += batch.batch.get_array_memory_size();
-            *summary.source_rows.entry(graph.sources[i].name().to_string()).or_default() += batch.batch.num_rows() as u64;
+            *summary
+                .source_rows
+                .entry(graph.sources[i].name().to_string())
+                .or_default() += batch.batch.num_rows() as u64;
             progress.read(batch.batch.num_rows());
             oldest.get_or_insert_with(Instant::now);
             buffered.push((i, batch));
@@ -259,7 +316,15 @@ pub async fn run(mut graph: PipelineGraph, options: RunOptions, shutdown: impl s
             || stopping;
         if due && !buffered.is_empty() {
             epoch += 1;
-            commit_epoch(&mut graph, &store, epoch, std::mem::take(&mut buffered), &mut positions, &mut summary).await?;
+            commit_epoch(
+                &mut graph,
+                &store,
+                epoch,
+                std::mem::take(&mut buffered),
+                &mut positions,
+                &mut summary,
+            )
+            .await?;
             progress.committed(epoch);
             (rows, bytes, oldest) = (0, 0, None);
         }
@@ -299,25 +364,43 @@ async fn commit_epoch(
     positions: &mut [Option<Position>],
     summary: &mut RunSummary,
 ) -> Result<()> {
-    let mut plan = EpochPlan { epoch, sources: BTreeMap::new() };
+    let mut plan = EpochPlan {
+        epoch,
+        sources: BTreeMap::new(),
+    };
     for (i, source) in graph.sources.iter().enumerate() {
-        let taken: Vec<&SourceBatch> = batches.iter().filter(|(j, _)| *j == i).map(|(_, b)| b).collect();
+        let taken: Vec<&SourceBatch> = batches
+            .iter()
+            .filter(|(j, _)| *j == i)
+            .map(|(_, b)| b)
+            .collect();
         if taken.is_empty() {
             continue;
         }
         plan.sources.insert(
             source.name().to_string(),
-            SourceSpan { start: positions[i].clone(), batches: taken.len() as u64, end: taken.last().map(|b| b.position.clone()) },
+            SourceSpan {
+                start: positions[i].clone(),
+                batches: taken.len() as u64,
+                end: taken.last().map(|b| b.position.clone()),
+            },
         );
     }
     store.record_planned(&plan).await?;
 
-    let ctx = OpContext { now_ms: SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0) };
+    let ctx = OpContext {
+        now_ms: SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or(0),
+    };
     for (i, batch) in &batches {
         let mut outputs: BTreeMap<NodeRef, Vec<RecordBatch>> = BTreeMap::new();
         outputs.insert(NodeRef::Source(*i), vec![batch.batch.clone()]);
         for (k, node) in graph.operators.iter_mut().enumerate() {
-            let Some(input) = outputs.get(&node.input).cloned() else { continue };
+            let Some(input) = outputs.get(&node.input).cloned() else {
+                continue;
+            };
             let mut out = Vec::new();
             for b in input {
                 out.extend(node.operator.process(&batch.table, b, &ctx)?);
@@ -358,7 +441,10 @@ async fn commit_epoch(
             Err(e) => {
                 return Err(Error::External {
                     system: "sink",
-                    message: format!("required sink {:?} failed to commit epoch {epoch}: {e}", node.name),
+                    message: format!(
+                        "required sink {:?} failed to commit epoch {epoch}: {e}",
+                        node.name
+                    ),
                     retryable: is_retryable(&e),
                     source: Some(Box::new(e)),
                 });
@@ -379,7 +465,11 @@ async fn commit_epoch(
     Ok(())
 }
 
-async fn write_with_policy(node: &mut SinkNode, table: &TableRef, batch: RecordBatch) -> Result<()> {
+async fn write_with_policy(
+    node: &mut SinkNode,
+    table: &TableRef,
+    batch: RecordBatch,
+) -> Result<()> {
     match node.sink.write(table, batch).await {
         Ok(()) => Ok(()),
         Err(e) if !node.required => {
@@ -395,10 +485,16 @@ fn is_retryable(e: &Error) -> bool {
 }
 
 fn operator_state_file(state_dir: &std::path::Path, name: &str, epoch: u64) -> PathBuf {
-    state_dir.join("operators").join(format!("{name}.{epoch:012}.parquet"))
+    state_dir
+        .join("operators")
+        .join(format!("{name}.{epoch:012}.parquet"))
 }
 
-fn save_operators(state_dir: &std::path::Path, operators: &mut [OperatorNode], epoch: u64) -> Result<()> {
+fn save_operators(
+    state_dir: &std::path::Path,
+    operators: &mut [OperatorNode],
+    epoch: u64,
+) -> Result<()> {
     for node in operators {
         let batches = node.operator.snapshot()?;
         if batches.is_empty() {
@@ -412,14 +508,19 @@ fn save_operators(state_dir: &std::path::Path, operators: &mut [OperatorNode], e
         for (k, batch) in batches.iter().enumerate() {
             let file = path.with_extension(format!("{k}.parquet"));
             let tmp = file.with_extension("tmp");
-            std::fs::write(&tmp, write_parquet(std::slice::from_ref(batch))?).map_err(|e| fs_error(&tmp, e))?;
+            std::fs::write(&tmp, write_parquet(std::slice::from_ref(batch))?)
+                .map_err(|e| fs_error(&tmp, e))?;
             std::fs::rename(&tmp, &file).map_err(|e| fs_error(&file, e))?;
         }
     }
     Ok(())
 }
 
-fn restore_operators(state_dir: &std::path::Path, operators: &mut [OperatorNode], epoch: u64) -> Result<()> {
+fn restore_operators(
+    state_dir: &std::path::Path,
+    operators: &mut [OperatorNode],
+    epoch: u64,
+) -> Result<()> {
     if epoch == 0 {
         return Ok(());
     }
@@ -428,7 +529,9 @@ fn restore_operators(state_dir: &std::path::Path, operators: &mut [OperatorNode]
         let mut saved = Vec::new();
         for k in 0.. {
             let file = base.with_extension(format!("{k}.parquet"));
-            let Ok(bytes) = std::fs::read(&file) else { break };
+            let Ok(bytes) = std::fs::read(&file) else {
+                break;
+            };
             saved.extend(read_parquet(bytes.into())?);
         }
         if !saved.is_empty() {
@@ -440,7 +543,9 @@ fn restore_operators(state_dir: &std::path::Path, operators: &mut [OperatorNode]
 
 fn remove_old_operator_state(state_dir: &std::path::Path, operators: &[OperatorNode], epoch: u64) {
     let dir = state_dir.join("operators");
-    let Ok(entries) = std::fs::read_dir(&dir) else { return };
+    let Ok(entries) = std::fs::read_dir(&dir) else {
+        return;
+    };
     for entry in entries.flatten() {
         let name = entry.file_name().to_string_lossy().to_string();
         let stale = operators.iter().any(|op| {
@@ -456,7 +561,12 @@ fn remove_old_operator_state(state_dir: &std::path::Path, operators: &[OperatorN
 }
 
 fn fs_error(path: &std::path::Path, e: std::io::Error) -> Error {
-    Error::External { system: "filesystem", message: format!("{}: {e}", path.display()), retryable: false, source: Some(Box::new(e)) }
+    Error::External {
+        system: "filesystem",
+        message: format!("{}: {e}", path.display()),
+        retryable: false,
+        source: Some(Box::new(e)),
+    }
 }
 
 /// Progress on a terminal (a spinner with counts and rate), nothing otherwise (epochs are
@@ -470,8 +580,10 @@ impl Progress {
         let bar = (enabled && std::io::stderr().is_terminal()).then(|| {
             let bar = indicatif::ProgressBar::new_spinner();
             bar.set_style(
-                indicatif::ProgressStyle::with_template("{spinner} {prefix}: {human_pos} deltas read ({per_sec}) {msg}")
-                    .unwrap_or_else(|_| indicatif::ProgressStyle::default_spinner()),
+                indicatif::ProgressStyle::with_template(
+                    "{spinner} {prefix}: {human_pos} deltas read ({per_sec}) {msg}",
+                )
+                .unwrap_or_else(|_| indicatif::ProgressStyle::default_spinner()),
             );
             bar.set_prefix(name.to_string());
             bar.enable_steady_tick(Duration::from_millis(200));

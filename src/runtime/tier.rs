@@ -40,8 +40,19 @@ impl std::fmt::Debug for TierSink {
 
 impl TierSink {
     /// A tier named `name`: deltas up to `max_age` old go to `hot`, older ones to `cold`.
-    pub fn new(name: impl Into<String>, max_age: Duration, hot: Box<dyn Sink>, cold: Box<dyn Sink>) -> Self {
-        Self { name: name.into(), max_age, hot, cold, clock: Arc::new(SystemClock) }
+    pub fn new(
+        name: impl Into<String>,
+        max_age: Duration,
+        hot: Box<dyn Sink>,
+        cold: Box<dyn Sink>,
+    ) -> Self {
+        Self {
+            name: name.into(),
+            max_age,
+            hot,
+            cold,
+            clock: Arc::new(SystemClock),
+        }
     }
 
     /// Uses `clock` to measure age (for tests).
@@ -56,8 +67,14 @@ impl TierSink {
             .column_by_name(HLC)
             .and_then(|c| c.as_primitive_opt::<arrow::datatypes::UInt64Type>())
             .ok_or_else(|| Error::invalid("tier", "batch has no UInt64 _hlc column"))?;
-        let cutoff = self.clock.now_ms().saturating_sub(self.max_age.as_millis() as u64);
-        Ok(hlc.iter().map(|h| h.map(|h| HlcTimestamp(h).wall_ms() >= cutoff)).collect())
+        let cutoff = self
+            .clock
+            .now_ms()
+            .saturating_sub(self.max_age.as_millis() as u64);
+        Ok(hlc
+            .iter()
+            .map(|h| h.map(|h| HlcTimestamp(h).wall_ms() >= cutoff))
+            .collect())
     }
 }
 
@@ -73,14 +90,20 @@ impl Sink for TierSink {
     }
 
     async fn committed_epoch(&mut self) -> Result<Option<u64>> {
-        let (hot, cold) = (self.hot.committed_epoch().await?, self.cold.committed_epoch().await?);
+        let (hot, cold) = (
+            self.hot.committed_epoch().await?,
+            self.cold.committed_epoch().await?,
+        );
         Ok(hot.min(cold))
     }
 
     async fn write(&mut self, table: &TableRef, batch: RecordBatch) -> Result<()> {
         let hot = self.hot_mask(&batch)?;
         let cold = not(&hot)?;
-        let (h, c) = (filter_record_batch(&batch, &hot)?, filter_record_batch(&batch, &cold)?);
+        let (h, c) = (
+            filter_record_batch(&batch, &hot)?,
+            filter_record_batch(&batch, &cold)?,
+        );
         if h.num_rows() > 0 {
             self.hot.write(table, h).await?;
         }
@@ -93,7 +116,10 @@ impl Sink for TierSink {
     async fn commit(&mut self, epoch: u64) -> Result<CommitStats> {
         let hot = self.hot.commit(epoch).await?;
         let cold = self.cold.commit(epoch).await?;
-        Ok(CommitStats { rows: hot.rows + cold.rows, bytes: hot.bytes + cold.bytes })
+        Ok(CommitStats {
+            rows: hot.rows + cold.rows,
+            bytes: hot.bytes + cold.bytes,
+        })
     }
 }
 
@@ -111,18 +137,42 @@ mod tests {
         let table: TableRef = Arc::new(tasks_schema());
         let day = 86_400_000u64;
         let now = 1_767_225_600_000 + 10 * day;
-        let hot = ParquetSink::local("hot", "p", &dir.path().join("hot"), ParquetCompression::Snappy).unwrap();
-        let cold = ParquetSink::local("cold", "p", &dir.path().join("cold"), ParquetCompression::Snappy).unwrap();
-        let mut tier = TierSink::new("tier", Duration::from_millis(5 * day), Box::new(hot), Box::new(cold))
-            .with_clock(Arc::new(ManualClock::new(now)));
+        let hot = ParquetSink::local(
+            "hot",
+            "p",
+            &dir.path().join("hot"),
+            ParquetCompression::Snappy,
+        )
+        .unwrap();
+        let cold = ParquetSink::local(
+            "cold",
+            "p",
+            &dir.path().join("cold"),
+            ParquetCompression::Snappy,
+        )
+        .unwrap();
+        let mut tier = TierSink::new(
+            "tier",
+            Duration::from_millis(5 * day),
+            Box::new(hot),
+            Box::new(cold),
+        )
+        .with_clock(Arc::new(ManualClock::new(now)));
         tier.prepare(std::slice::from_ref(&table)).await.unwrap();
         // 80 deltas 10 days old, 20 from an hour ago.
         let mut deltas = Workload::new(10, 2, 3).deltas(80, now - 10 * day);
         deltas.extend(Workload::new(10, 2, 4).deltas(20, now - 3_600_000));
-        tier.write(&table, deltas_to_batch(&table, &deltas).unwrap()).await.unwrap();
+        tier.write(&table, deltas_to_batch(&table, &deltas).unwrap())
+            .await
+            .unwrap();
         assert_eq!(tier.commit(1).await.unwrap().rows, 100);
         let rows = |sub: &str| {
-            let bytes = std::fs::read(dir.path().join(sub).join("tasks/p-".to_string() + sub + "-000000000001.parquet")).unwrap();
+            let bytes = std::fs::read(
+                dir.path()
+                    .join(sub)
+                    .join("tasks/p-".to_string() + sub + "-000000000001.parquet"),
+            )
+            .unwrap();
             crate::kernel::parquet_io::read_parquet(bytes.into()).unwrap()[0].num_rows()
         };
         assert_eq!((rows("hot"), rows("cold")), (20, 80));

@@ -17,15 +17,15 @@ fn bless() -> bool {
 fn yaml_files(dir: &str) -> Vec<PathBuf> {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     assert_eq!(
-        std::env::current_dir().expect("cwd"),
+        std::env::current_dir().unwrap_or_else(|e| panic!("cwd: {e}")),
         root,
         "run from the crate root, so reports name files by relative path"
     );
     let mut files: Vec<PathBuf> = std::fs::read_dir(root.join(dir))
         .unwrap_or_else(|e| panic!("read {dir}: {e}"))
-        .map(|entry| entry.expect("dir entry").path())
+        .map(|entry| entry.unwrap_or_else(|e| panic!("read {dir}: {e}")).path())
         .filter(|p| p.extension().is_some_and(|e| e == "yaml"))
-        .map(|p| Path::new(dir).join(p.file_name().expect("file name")))
+        .filter_map(|p| Some(Path::new(dir).join(p.file_name()?)))
         .collect();
     files.sort();
     files
@@ -40,11 +40,18 @@ fn golden_env() -> Env {
 #[test]
 fn invalid_pipelines_report_exactly_what_is_expected() {
     let cases = yaml_files("tests/pipelines/invalid");
-    assert!(cases.len() >= 9, "expected the golden cases, found {cases:?}");
+    assert!(
+        cases.len() >= 9,
+        "expected the golden cases, found {cases:?}"
+    );
     let mut stale = Vec::new();
     for case in &cases {
         let report = config::check_file(case, &golden_env());
-        assert!(!report.is_ok(), "{} should be invalid:\n{report}", case.display());
+        assert!(
+            !report.is_ok(),
+            "{} should be invalid:\n{report}",
+            case.display()
+        );
         let actual = report.to_string();
         let expected_path = case.with_extension("expected.txt");
         if bless() {
@@ -87,7 +94,12 @@ fn every_reference_pipeline_validates() {
         for (name, source) in plan.sources.iter() {
             if let SourceSpec::Jsonl(spec) = source {
                 let file = plan.resolve_path(&spec.path);
-                assert!(file.is_file(), "{}: source {name}: {} is missing", path.display(), file.display());
+                assert!(
+                    file.is_file(),
+                    "{}: source {name}: {} is missing",
+                    path.display(),
+                    file.display()
+                );
             }
         }
         assert_eq!(plan.lanes.len(), plan.sinks.len(), "{}", path.display());
@@ -104,23 +116,38 @@ fn quickstart_plan() {
     let plan = report.plan.expect("plan");
     assert_eq!(plan.name, "quickstart");
     assert_eq!(plan.base_dir, Path::new("pipelines"));
-    assert_eq!(plan.state_dir, Path::new("pipelines/../.lakesync/quickstart"));
+    assert_eq!(
+        plan.state_dir,
+        Path::new("pipelines/../.lakesync/quickstart")
+    );
     assert_eq!(plan.flush.max_bytes.get(), 64 << 20);
     assert_eq!(plan.flush.max_age.get(), std::time::Duration::from_secs(5));
     assert_eq!(plan.tables.len(), 1);
     assert_eq!(plan.tables[0].columns.len(), 7);
     assert_eq!(plan.operator_order, ["ada_view"]);
     let lake = plan.lane("lake").expect("lake lane");
-    assert_eq!((lake.source.as_str(), lake.operators.as_slice(), lake.required), ("tasks_file", &["ada_view".to_string()][..], true));
+    assert_eq!(
+        (
+            lake.source.as_str(),
+            lake.operators.as_slice(),
+            lake.required
+        ),
+        ("tasks_file", &["ada_view".to_string()][..], true)
+    );
     let filter = &plan.filters["ada_view"];
     assert_eq!(filter.rules.buckets.len(), 2);
     // `value: 4` in YAML is the rules format's "4".
     assert_eq!(filter.rules.buckets[1].filters[1].value, "4");
     assert_eq!(filter.claims.get("team"), ["payments", "search"]);
     assert_eq!(filter.claims.get("sub"), ["ada"]);
-    let Some(SinkSpec::Iceberg(lake)) = plan.sinks.get("lake") else { panic!("lake is not iceberg") };
+    let Some(SinkSpec::Iceberg(lake)) = plan.sinks.get("lake") else {
+        panic!("lake is not iceberg")
+    };
     assert_eq!(lake.namespace, "lakesync");
-    assert_eq!(plan.resolve_path("../lake/warehouse"), Path::new("pipelines/../lake/warehouse"));
+    assert_eq!(
+        plan.resolve_path("../lake/warehouse"),
+        Path::new("pipelines/../lake/warehouse")
+    );
     let (declared, discovered) = plan.source_tables("tasks_file");
     assert_eq!((declared.len(), discovered.len()), (1, 0));
 }
@@ -135,12 +162,17 @@ fn tiered_plan_has_a_best_effort_secondary() {
     let by_age = plan.lane("by_age").expect("tier lane");
     assert!(by_age.required);
     assert_eq!(by_age.operators, ["team_view"]);
-    let Some(SinkSpec::Tier(tier)) = plan.sinks.get("by_age") else { panic!("not a tier") };
+    let Some(SinkSpec::Tier(tier)) = plan.sinks.get("by_age") else {
+        panic!("not a tier")
+    };
     assert_eq!(tier.max_age.get().as_secs(), 7 * 86_400);
     assert_eq!(tier.hot.type_name(), "sqlite");
     assert_eq!(tier.cold.type_name(), "parquet");
     // The rules came from examples/sync-rules.json.
-    assert_eq!(plan.filters["team_view"].rules.buckets[0].name, "team-tasks");
+    assert_eq!(
+        plan.filters["team_view"].rules.buckets[0].name,
+        "team-tasks"
+    );
 }
 
 /// The JSON Schema for editors is generated from the spec types; the checked-in copy must match.
@@ -161,7 +193,10 @@ fn checked_in_json_schema_is_current() {
     );
     // It is the schema the pipelines point editors at, and it describes their shape.
     let schema: serde_json::Value = serde_json::from_str(&checked_in).expect("schema is JSON");
-    assert_eq!(schema["$schema"], "https://json-schema.org/draft/2020-12/schema");
+    assert_eq!(
+        schema["$schema"],
+        "https://json-schema.org/draft/2020-12/schema"
+    );
     assert!(schema["properties"]["sources"].is_object());
 }
 
@@ -176,8 +211,14 @@ fn validate_files_reports_every_file() {
     let (text, ok) = config::validate_files(&files);
     assert!(!ok);
     assert!(text.contains("pipelines/quickstart.yaml: valid"), "{text}");
-    assert!(text.contains("dangling_input.yaml: invalid (3 errors"), "{text}");
-    assert!(text.contains("no-such-file.yaml: error: cannot read the file"), "{text}");
+    assert!(
+        text.contains("dangling_input.yaml: invalid (3 errors"),
+        "{text}"
+    );
+    assert!(
+        text.contains("no-such-file.yaml: error: cannot read the file"),
+        "{text}"
+    );
     let (text, ok) = config::validate_files(&files[..1]);
     assert!(ok, "{text}");
 }

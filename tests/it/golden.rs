@@ -39,30 +39,53 @@ fn copy_dir(from: &Path, to: &Path) {
 
 /// Every user table of a SQLite sink, rows sorted, `synced_at`/`deleted_at` shown as set or not.
 async fn dump_sqlite(path: &Path, out: &mut String) {
-    let pool = sqlx::SqlitePool::connect(&format!("sqlite://{}", path.display())).await.expect("open sqlite sink");
+    let pool = sqlx::SqlitePool::connect(&format!("sqlite://{}", path.display()))
+        .await
+        .expect("open sqlite sink");
     let tables: Vec<String> = sqlx::query_scalar(
         "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%' AND name NOT LIKE '\\_%' ESCAPE '\\' AND name <> 'lakesync_deltas' ORDER BY name",
     )
     .fetch_all(&pool)
     .await
     .expect("list tables");
-    let deltas: i64 = sqlx::query_scalar("SELECT count(*) FROM lakesync_deltas").fetch_one(&pool).await.expect("count");
-    writeln!(out, "sqlite {}: {deltas} deltas logged", path.file_name().unwrap_or_default().to_string_lossy()).ok();
+    let deltas: i64 = sqlx::query_scalar("SELECT count(*) FROM lakesync_deltas")
+        .fetch_one(&pool)
+        .await
+        .expect("count");
+    writeln!(
+        out,
+        "sqlite {}: {deltas} deltas logged",
+        path.file_name().unwrap_or_default().to_string_lossy()
+    )
+    .ok();
     for table in tables {
         writeln!(out, "  table {table}:").ok();
-        let rows = sqlx::query(&format!("SELECT * FROM \"{table}\" ORDER BY row_id")).fetch_all(&pool).await.expect("rows");
+        let rows = sqlx::query(&format!("SELECT * FROM \"{table}\" ORDER BY row_id"))
+            .fetch_all(&pool)
+            .await
+            .expect("rows");
         for row in rows {
             let mut cells = Vec::new();
             for (i, col) in row.columns().iter().enumerate() {
                 let name = col.name();
                 let value = if matches!(name, "synced_at" | "deleted_at") {
                     let v: Option<String> = row.get(i);
-                    if v.is_some() { "<set>".to_string() } else { "NULL".to_string() }
+                    if v.is_some() {
+                        "<set>".to_string()
+                    } else {
+                        "NULL".to_string()
+                    }
                 } else {
                     match col.type_info().name() {
-                        "INTEGER" => row.get::<Option<i64>, _>(i).map_or("NULL".into(), |v| v.to_string()),
-                        "REAL" => row.get::<Option<f64>, _>(i).map_or("NULL".into(), |v| v.to_string()),
-                        _ => row.get::<Option<String>, _>(i).map_or("NULL".into(), |v| format!("{v:?}")),
+                        "INTEGER" => row
+                            .get::<Option<i64>, _>(i)
+                            .map_or("NULL".into(), |v| v.to_string()),
+                        "REAL" => row
+                            .get::<Option<f64>, _>(i)
+                            .map_or("NULL".into(), |v| v.to_string()),
+                        _ => row
+                            .get::<Option<String>, _>(i)
+                            .map_or("NULL".into(), |v| format!("{v:?}")),
                     }
                 };
                 cells.push(format!("{name}={value}"));
@@ -74,14 +97,28 @@ async fn dump_sqlite(path: &Path, out: &mut String) {
 
 /// Row counts of a Parquet sink's files, per table.
 fn dump_parquet(root: &Path, out: &mut String) {
-    let mut tables: Vec<PathBuf> = std::fs::read_dir(root).expect("parquet root").flatten().map(|e| e.path()).collect();
+    let mut tables: Vec<PathBuf> = std::fs::read_dir(root)
+        .expect("parquet root")
+        .flatten()
+        .map(|e| e.path())
+        .collect();
     tables.sort();
     for table in tables {
-        let mut files: Vec<PathBuf> = std::fs::read_dir(&table).expect("table dir").flatten().map(|e| e.path()).collect();
+        let mut files: Vec<PathBuf> = std::fs::read_dir(&table)
+            .expect("table dir")
+            .flatten()
+            .map(|e| e.path())
+            .collect();
         files.sort();
-        let mut line = format!("parquet {}:", table.file_name().unwrap_or_default().to_string_lossy());
+        let mut line = format!(
+            "parquet {}:",
+            table.file_name().unwrap_or_default().to_string_lossy()
+        );
         for file in files {
-            let batches = lakesync::kernel::parquet_io::read_parquet(std::fs::read(&file).expect("file").into()).expect("parquet");
+            let batches = lakesync::kernel::parquet_io::read_parquet(
+                std::fs::read(&file).expect("file").into(),
+            )
+            .expect("parquet");
             let rows: usize = batches.iter().map(|b| b.num_rows()).sum();
             write!(line, " {rows}").ok();
         }
@@ -92,16 +129,28 @@ fn dump_parquet(root: &Path, out: &mut String) {
 async fn run_case(case: &Path) -> String {
     let dir = tempfile::tempdir().expect("temp dir");
     copy_dir(case, dir.path());
-    let plan = load_plan(&dir.path().join("pipeline.yaml"), &Env::process()).expect("valid pipeline");
+    let plan =
+        load_plan(&dir.path().join("pipeline.yaml"), &Env::process()).expect("valid pipeline");
     let graph = lakesync::build::build(&plan).await.expect("build");
-    let summary = run(graph, RunOptions { mode: ReadMode::Once, progress: false }, std::future::pending()).await.expect("run");
+    let summary = run(
+        graph,
+        RunOptions {
+            mode: ReadMode::Once,
+            progress: false,
+        },
+        std::future::pending(),
+    )
+    .await
+    .expect("run");
     let mut out = String::new();
     writeln!(out, "epochs: {}", summary.epochs).ok();
     for (name, sink) in &summary.sinks {
         writeln!(out, "sink {name}: {} deltas committed", sink.rows).ok();
     }
     let outputs = dir.path().join("out");
-    let mut entries: Vec<PathBuf> = std::fs::read_dir(&outputs).map(|d| d.flatten().map(|e| e.path()).collect()).unwrap_or_default();
+    let mut entries: Vec<PathBuf> = std::fs::read_dir(&outputs)
+        .map(|d| d.flatten().map(|e| e.path()).collect())
+        .unwrap_or_default();
     entries.sort();
     for path in entries {
         if path.extension().is_some_and(|e| e == "sqlite") {
@@ -128,8 +177,15 @@ async fn golden_pipelines_produce_their_expected_output() {
         }
         let expected = std::fs::read_to_string(&expected_path).unwrap_or_default();
         if actual != expected {
-            failures.push(format!("{}:\n--- expected\n{expected}--- actual\n{actual}", case.display()));
+            failures.push(format!(
+                "{}:\n--- expected\n{expected}--- actual\n{actual}",
+                case.display()
+            ));
         }
     }
-    assert!(failures.is_empty(), "golden output differs (LAKESYNC_BLESS=1 to accept):\n{}", failures.join("\n"));
+    assert!(
+        failures.is_empty(),
+        "golden output differs (LAKESYNC_BLESS=1 to accept):\n{}",
+        failures.join("\n")
+    );
 }

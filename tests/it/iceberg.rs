@@ -5,6 +5,8 @@
 //! through pyiceberg — is what proves that every commit is a real snapshot whose manifests
 //! reference the data files.
 
+// Tests state what they expected when a step fails; that is what `expect` is for.
+
 use std::path::PathBuf;
 use std::process::Command;
 use std::sync::Arc;
@@ -137,9 +139,15 @@ async fn sink_commits_each_epoch_as_one_snapshot_and_drops_replays() {
     write(&mut sink, &tasks, &epoch2).await;
     let stats2 = sink.commit(2).await.expect("commit epoch 2");
     assert_eq!(stats2.rows, 200);
-    assert_eq!(sink.committed_epoch().await.expect("committed_epoch"), Some(2));
+    assert_eq!(
+        sink.committed_epoch().await.expect("committed_epoch"),
+        Some(2)
+    );
     // Nothing buffered: a commit adds no snapshot.
-    assert_eq!(sink.commit(3).await.expect("empty commit"), CommitStats::default());
+    assert_eq!(
+        sink.commit(3).await.expect("empty commit"),
+        CommitStats::default()
+    );
 
     // One snapshot per epoch, each marked with pipeline, sink and epoch.
     let table = load(&lake.config, "tasks").await;
@@ -162,13 +170,21 @@ async fn sink_commits_each_epoch_as_one_snapshot_and_drops_replays() {
         .await
         .expect("query");
     assert_eq!(lake_deltas(&tasks, &queried), expected);
-    assert_eq!(count(&lake.config, "SELECT count(*) FROM lakesync.tasks").await, 500);
-    assert_eq!(count(&lake.config, "SELECT count(*) FROM tasks WHERE _op = 3").await,
-        all.iter().filter(|d| d.op.code() == 3).count() as i64);
+    assert_eq!(
+        count(&lake.config, "SELECT count(*) FROM lakesync.tasks").await,
+        500
+    );
+    assert_eq!(
+        count(&lake.config, "SELECT count(*) FROM tasks WHERE _op = 3").await,
+        all.iter().filter(|d| d.op.code() == 3).count() as i64
+    );
 
     // A replay of a committed epoch adds nothing, in this sink and in a restarted one.
     write(&mut sink, &tasks, &epoch1).await;
-    assert_eq!(sink.commit(1).await.expect("replayed commit"), CommitStats::default());
+    assert_eq!(
+        sink.commit(1).await.expect("replayed commit"),
+        CommitStats::default()
+    );
     let mut restarted = IcebergSink::connect(&lake.config, "lakesync", "quickstart", "lake")
         .await
         .expect("reconnect");
@@ -176,22 +192,47 @@ async fn sink_commits_each_epoch_as_one_snapshot_and_drops_replays() {
         .prepare(std::slice::from_ref(&tasks))
         .await
         .expect("prepare again");
-    assert_eq!(restarted.committed_epoch().await.expect("committed_epoch"), Some(2));
+    assert_eq!(
+        restarted.committed_epoch().await.expect("committed_epoch"),
+        Some(2)
+    );
     write(&mut restarted, &tasks, &epoch2).await;
-    assert_eq!(restarted.commit(2).await.expect("replayed commit"), CommitStats::default());
-    assert_eq!(load(&lake.config, "tasks").await.metadata().snapshots().len(), 2);
+    assert_eq!(
+        restarted.commit(2).await.expect("replayed commit"),
+        CommitStats::default()
+    );
+    assert_eq!(
+        load(&lake.config, "tasks")
+            .await
+            .metadata()
+            .snapshots()
+            .len(),
+        2
+    );
     assert_eq!(count(&lake.config, "SELECT count(*) FROM tasks").await, 500);
 
     // Epoch marks are per pipeline and sink: another pipeline's epoch 1 is its own.
     let mut other = IcebergSink::connect(&lake.config, "lakesync", "backfill", "lake")
         .await
         .expect("connect another pipeline");
-    other.prepare(std::slice::from_ref(&tasks)).await.expect("prepare");
-    assert_eq!(other.committed_epoch().await.expect("committed_epoch"), None);
+    other
+        .prepare(std::slice::from_ref(&tasks))
+        .await
+        .expect("prepare");
+    assert_eq!(
+        other.committed_epoch().await.expect("committed_epoch"),
+        None
+    );
     write(&mut other, &tasks, &task_deltas(10, 3, WALL_MS + 120_000)).await;
     assert_eq!(other.commit(1).await.expect("commit").rows, 10);
-    assert_eq!(other.committed_epoch().await.expect("committed_epoch"), Some(1));
-    assert_eq!(restarted.committed_epoch().await.expect("committed_epoch"), Some(2));
+    assert_eq!(
+        other.committed_epoch().await.expect("committed_epoch"),
+        Some(1)
+    );
+    assert_eq!(
+        restarted.committed_epoch().await.expect("committed_epoch"),
+        Some(2)
+    );
     assert_eq!(count(&lake.config, "SELECT count(*) FROM tasks").await, 510);
 }
 
@@ -216,7 +257,9 @@ async fn later_prepares_add_tables_and_evolve_schemas() {
     ));
     // The tasks table gains a column.
     let mut wider = tasks_schema();
-    wider.columns.push(ColumnDef::new("points", ColumnType::Integer));
+    wider
+        .columns
+        .push(ColumnDef::new("points", ColumnType::Integer));
     let wider: TableRef = Arc::new(wider);
     sink.prepare(&[wider.clone(), notes.clone()])
         .await
@@ -236,8 +279,10 @@ async fn later_prepares_add_tables_and_evolve_schemas() {
     let mut epoch2 = task_deltas(50, 5, WALL_MS + 60_000);
     for (i, d) in epoch2.iter_mut().enumerate() {
         if d.op.code() != 3 && i % 2 == 0 {
-            d.columns
-                .push(lakesync::kernel::delta::ColumnDelta::new("points", serde_json::json!(i)));
+            d.columns.push(lakesync::kernel::delta::ColumnDelta::new(
+                "points",
+                serde_json::json!(i),
+            ));
             *d = RowDelta::new(
                 d.op,
                 "tasks",
@@ -248,7 +293,10 @@ async fn later_prepares_add_tables_and_evolve_schemas() {
             );
         }
     }
-    let with_points = epoch2.iter().filter(|d| d.columns.iter().any(|c| c.column == "points")).count();
+    let with_points = epoch2
+        .iter()
+        .filter(|d| d.columns.iter().any(|c| c.column == "points"))
+        .count();
     assert!(with_points > 0);
     write(&mut sink, &wider, &epoch2).await;
     let note_deltas: Vec<RowDelta> = (0..7)
@@ -269,7 +317,10 @@ async fn later_prepares_add_tables_and_evolve_schemas() {
     write(&mut sink, &notes, &note_deltas).await;
     let stats = sink.commit(2).await.expect("commit epoch 2");
     assert_eq!(stats.rows, 57);
-    assert_eq!(sink.committed_epoch().await.expect("committed_epoch"), Some(2));
+    assert_eq!(
+        sink.committed_epoch().await.expect("committed_epoch"),
+        Some(2)
+    );
 
     assert_eq!(count(&lake.config, "SELECT count(*) FROM notes").await, 7);
     assert_eq!(
@@ -291,13 +342,19 @@ async fn later_prepares_add_tables_and_evolve_schemas() {
         .expect_err("a retyped column is refused");
     assert_eq!(err.kind(), ErrorKind::User);
     let message = err.to_string();
-    assert!(message.contains("lakesync.tasks") && message.contains("\"priority\""), "{message}");
+    assert!(
+        message.contains("lakesync.tasks") && message.contains("\"priority\""),
+        "{message}"
+    );
     assert!(matches!(err, Error::Schema(_)), "{err:?}");
 
     // A batch for a table the sink was not prepared for is refused.
     let stranger: TableRef = Arc::new(TableSchema::new("stranger", vec![]));
     let empty = sink
-        .write(&stranger, deltas_to_batch(&stranger, &[]).expect("empty batch"))
+        .write(
+            &stranger,
+            deltas_to_batch(&stranger, &[]).expect("empty batch"),
+        )
         .await;
     assert!(empty.is_ok(), "an empty batch is ignored");
     let one = RowDelta::new(
@@ -309,10 +366,72 @@ async fn later_prepares_add_tables_and_evolve_schemas() {
         lakesync::kernel::hlc::HlcTimestamp(1),
     );
     let err = sink
-        .write(&stranger, deltas_to_batch(&stranger, &[one]).expect("batch"))
+        .write(
+            &stranger,
+            deltas_to_batch(&stranger, &[one]).expect("batch"),
+        )
         .await
         .expect_err("unprepared table");
     assert!(err.to_string().contains("\"stranger\""), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_commits_retry_and_never_duplicate_an_epoch() {
+    let lake = lake();
+    let tasks = tasks();
+    let connect_sink = |pipeline: &'static str| {
+        let config = lake.config.clone();
+        let tasks = tasks.clone();
+        async move {
+            let mut sink = IcebergSink::connect(&config, "lakesync", pipeline, "lake")
+                .await
+                .expect("connect the sink");
+            sink.prepare(std::slice::from_ref(&tasks))
+                .await
+                .expect("prepare");
+            sink
+        }
+    };
+    let deltas = task_deltas(120, 8, WALL_MS);
+
+    // Two instances of the same pipeline and sink race to commit the same epoch: one snapshot.
+    let (mut a, mut b) = (connect_sink("p").await, connect_sink("p").await);
+    write(&mut a, &tasks, &deltas).await;
+    write(&mut b, &tasks, &deltas).await;
+    let (ra, rb) = tokio::join!(a.commit(1), b.commit(1));
+    let rows = ra.expect("commit a").rows + rb.expect("commit b").rows;
+    assert_eq!(rows, 120, "exactly one of the racing commits lands");
+    assert_eq!(
+        load(&lake.config, "tasks")
+            .await
+            .metadata()
+            .snapshots()
+            .len(),
+        1
+    );
+
+    // Different pipelines race: both land, one after the other (a conflict is retried).
+    let (mut c, mut d) = (connect_sink("q").await, connect_sink("r").await);
+    write(&mut c, &tasks, &deltas).await;
+    write(&mut d, &tasks, &deltas).await;
+    let (rc, rd) = tokio::join!(c.commit(1), d.commit(1));
+    assert_eq!(rc.expect("commit c").rows, 120);
+    assert_eq!(rd.expect("commit d").rows, 120);
+    assert_eq!(
+        load(&lake.config, "tasks")
+            .await
+            .metadata()
+            .snapshots()
+            .len(),
+        3
+    );
+    assert_eq!(count(&lake.config, "SELECT count(*) FROM tasks").await, 360);
+    for sink in [&mut a, &mut c, &mut d] {
+        assert_eq!(
+            sink.committed_epoch().await.expect("committed_epoch"),
+            Some(1)
+        );
+    }
 }
 
 /// One JSON object per row, in the canonical form tests/python/read_iceberg.py prints.
@@ -400,7 +519,10 @@ async fn pyiceberg_reads_what_lakesync_wrote() {
         .expect("run the pyiceberg reader");
     let elapsed = started.elapsed();
     let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(output.status.success(), "pyiceberg reader failed:\n{stderr}");
+    assert!(
+        output.status.success(),
+        "pyiceberg reader failed:\n{stderr}"
+    );
     eprintln!("pyiceberg: {} (process {elapsed:.2?})", stderr.trim());
     let theirs: Vec<Value> = String::from_utf8(output.stdout)
         .expect("UTF-8 output")
@@ -409,6 +531,7 @@ async fn pyiceberg_reads_what_lakesync_wrote() {
         .collect();
 
     assert_eq!(theirs.len(), ours.len(), "row counts differ");
+    eprintln!("pyiceberg's first row: {}", theirs[0]);
     for (a, b) in theirs.iter().zip(&ours) {
         assert_eq!(a, b, "pyiceberg and lakesync::query disagree on a row");
     }
@@ -434,8 +557,12 @@ async fn iceberg_sink_throughput() {
         .await
         .expect("prepare");
     let mut workload = Workload::new(100_000, 16, 42);
-    let (mut generate, mut sink_time, mut bytes, mut written) =
-        (std::time::Duration::ZERO, std::time::Duration::ZERO, 0u64, 0usize);
+    let (mut generate, mut sink_time, mut bytes, mut written) = (
+        std::time::Duration::ZERO,
+        std::time::Duration::ZERO,
+        0u64,
+        0usize,
+    );
     let mut epoch = 0;
     while written < total {
         epoch += 1;
@@ -467,5 +594,23 @@ async fn iceberg_sink_throughput() {
          count(*) query {count_time:.2?}",
         bytes as f64 / 1e6 / sink_time.as_secs_f64(),
         bytes as f64 / total as f64
+    );
+
+    // Small epochs, as a streaming pipeline commits them: the fixed cost of one commit.
+    let mut latencies = Vec::new();
+    for _ in 0..20 {
+        epoch += 1;
+        let batch = deltas_to_batch(&tasks, &workload.deltas(100, WALL_MS + epoch * 1_000_000))
+            .expect("batch");
+        let started = Instant::now();
+        sink.write(&tasks, batch).await.expect("write");
+        sink.commit(epoch).await.expect("commit");
+        latencies.push(started.elapsed());
+    }
+    latencies.sort();
+    eprintln!(
+        "iceberg sink: 100-delta epochs after {epoch} snapshots: commit median {:.2?}, max {:.2?}",
+        latencies[latencies.len() / 2],
+        latencies[latencies.len() - 1]
     );
 }

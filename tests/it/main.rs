@@ -1,4 +1,8 @@
 //! LakeSync's integration tests: one binary, one module per area.
+
+// Test code may panic with a message on a broken set-up.
+#![allow(clippy::expect_used, clippy::unwrap_used)]
+
 mod cli;
 mod config;
 mod golden;

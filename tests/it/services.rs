@@ -8,7 +8,6 @@
 //! collide.
 
 // Tests state what they expected when a step fails; that is what `expect` is for.
-#![allow(clippy::expect_used)]
 
 use std::time::Duration;
 

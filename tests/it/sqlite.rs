@@ -1,6 +1,8 @@
 //! The SQLite adapter: the sink's delta log and materialised tables, and the source's cursor,
 //! diff and delta-log strategies — all on temporary files, no services.
 
+// Test helpers outside `#[test]` functions panic on failure too.
+
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -130,6 +132,15 @@ fn sqlite_dialect_sql_text() {
          excluded.\"done\", \"n\" = excluded.\"n\", \"synced_at\" = excluded.\"synced_at\""
     );
     assert_eq!(
+        d.upsert(&t, 1).unwrap(),
+        "INSERT INTO \"todos\" (\"row_id\", \"title\", \"done\", \"n\", \"deleted_at\", \"synced_at\") \
+         VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (\"title\") DO UPDATE SET \"title\" = excluded.\"title\", \
+         \"done\" = excluded.\"done\", \"n\" = excluded.\"n\", \"deleted_at\" = excluded.\"deleted_at\", \
+         \"synced_at\" = excluded.\"synced_at\" ON CONFLICT DO UPDATE SET \"title\" = excluded.\"title\", \
+         \"done\" = excluded.\"done\", \"n\" = excluded.\"n\", \"deleted_at\" = excluded.\"deleted_at\", \
+         \"synced_at\" = excluded.\"synced_at\""
+    );
+    assert_eq!(
         d.column_type(ColumnType::Json),
         "TEXT",
         "not JSON: NUMERIC affinity would turn \"1\" into 1"
@@ -165,7 +176,13 @@ async fn sqlite_soft_and_hard_delete_and_resurrection() {
             vec![
                 delta(DeltaOp::Delete, "r1", "a", 2_000, vec![]),
                 // Inserted and deleted in one epoch.
-                delta(DeltaOp::Insert, "r3", "a", 2_000, vec![("title", json!("x"))]),
+                delta(
+                    DeltaOp::Insert,
+                    "r3",
+                    "a",
+                    2_000,
+                    vec![("title", json!("x"))],
+                ),
                 delta(DeltaOp::Delete, "r3", "b", 2_500, vec![]),
             ],
         ];
@@ -258,7 +275,8 @@ async fn sqlite_schema_evolution_adds_a_column_and_keeps_props() {
         .unwrap();
 
     let mut v2 = todos(true);
-    v2.columns.push(ColumnDef::new("due", ColumnType::Timestamp));
+    v2.columns
+        .push(ColumnDef::new("due", ColumnType::Timestamp));
     let v2: TableRef = Arc::new(v2);
     sink.prepare(std::slice::from_ref(&v2)).await.unwrap();
     let columns: Vec<String> = sqlx::query_scalar("SELECT name FROM pragma_table_info('todos')")
@@ -318,7 +336,9 @@ async fn sqlite_schema_evolution_adds_a_column_and_keeps_props() {
     assert_eq!(err.kind(), ErrorKind::User);
     let msg = err.to_string();
     assert!(
-        msg.contains("\"todos\"") && msg.contains("\"title\"") && msg.contains("cannot change type"),
+        msg.contains("\"todos\"")
+            && msg.contains("\"title\"")
+            && msg.contains("cannot change type"),
         "{msg}"
     );
     let mut hard = (*v2).clone();
@@ -339,6 +359,40 @@ async fn sqlite_schema_evolution_adds_a_column_and_keeps_props() {
         .unwrap_err()
         .to_string();
     assert!(msg.contains("\"props\""), "{msg}");
+}
+
+/// With an `externalIdColumn` the upsert targets it, and a row whose external id changes is
+/// updated in place rather than failing on the primary key.
+#[tokio::test]
+async fn sqlite_external_id_can_change() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("sink.db");
+    let mut sink = open_sink(&path, true).await;
+    let mut schema = todos(false);
+    schema.external_id_column = Some("title".into());
+    let table: TableRef = Arc::new(schema);
+    sink.prepare(std::slice::from_ref(&table)).await.unwrap();
+    let title = |row: &str, wall: u64, t: &str| {
+        delta(DeltaOp::Update, row, "a", wall, vec![("title", json!(t))])
+    };
+    commit_groups(
+        &mut sink,
+        &table,
+        &[
+            vec![title("r1", 1, "ext-1")],
+            vec![title("r1", 2, "ext-2")],
+            vec![title("r2", 3, "ext-1")],
+        ],
+        1,
+    )
+    .await;
+    assert_eq!(
+        contents(&path, "todos").await,
+        vec![
+            json!(["r1", "ext-2", null, null, "{}"]),
+            json!(["r2", "ext-1", null, null, "{}"])
+        ]
+    );
 }
 
 #[tokio::test]
@@ -409,7 +463,10 @@ async fn sqlite_replayed_epoch_changes_nothing() {
         .await
         .unwrap();
     assert_eq!(synced, synced_after);
-    assert_eq!(count(&path, "SELECT count(*) FROM lakesync_deltas").await, 2);
+    assert_eq!(
+        count(&path, "SELECT count(*) FROM lakesync_deltas").await,
+        2
+    );
     // The dropped writes do not leak into the next epoch.
     let stats = sink.commit(3).await.unwrap();
     assert_eq!(stats.rows, 0);
@@ -432,7 +489,10 @@ async fn sqlite_duplicate_deltas_are_logged_once() {
         1,
     )
     .await;
-    assert_eq!(count(&path, "SELECT count(*) FROM lakesync_deltas").await, 1);
+    assert_eq!(
+        count(&path, "SELECT count(*) FROM lakesync_deltas").await,
+        1
+    );
     // Not materialising: no user table.
     assert_eq!(
         count(
@@ -460,7 +520,11 @@ async fn sqlite_duplicate_deltas_are_logged_once() {
 fn expected_rows(schema: &TableSchema, deltas: &[RowDelta]) -> Vec<(String, Vec<Value>, bool)> {
     let batch = deltas_to_batch(schema, deltas).unwrap();
     let st = merge(schema, None, &[batch]).unwrap();
-    let rows = st.column(0).as_any().downcast_ref::<arrow::array::StringArray>().unwrap();
+    let rows = st
+        .column(0)
+        .as_any()
+        .downcast_ref::<arrow::array::StringArray>()
+        .unwrap();
     let deleted = st
         .column(2)
         .as_any()
@@ -473,7 +537,8 @@ fn expected_rows(schema: &TableSchema, deltas: &[RowDelta]) -> Vec<(String, Vec<
                 .iter()
                 .enumerate()
                 .map(|(pos, def)| {
-                    match cell_to_json(st.column(state::RESERVED + pos), i, def.column_type).unwrap()
+                    match cell_to_json(st.column(state::RESERVED + pos), i, def.column_type)
+                        .unwrap()
                     {
                         Value::Bool(b) => json!(i64::from(b)),
                         v => v,
@@ -732,7 +797,11 @@ async fn sqlite_cursor_source_resumes_without_loss_or_duplicates() {
     assert_eq!(&all[..5], &["10", "6", "7", "8", "9"]);
 
     let first = batch_to_deltas(&batches[0].batch).unwrap();
-    assert!(first.iter().all(|d| d.op == DeltaOp::Insert && d.client_id == "sqlite:shop"));
+    assert!(
+        first
+            .iter()
+            .all(|d| d.op == DeltaOp::Insert && d.client_id == "sqlite:shop")
+    );
     assert_eq!(
         first[1].columns,
         vec![
@@ -743,7 +812,10 @@ async fn sqlite_cursor_source_resumes_without_loss_or_duplicates() {
         ]
     );
     assert!(first.windows(2).all(|w| w[0].hlc < w[1].hlc));
-    assert_eq!(batches[0].position.0, json!({"items": {"cursor": 1, "id": 7}}));
+    assert_eq!(
+        batches[0].position.0,
+        json!({"items": {"cursor": 1, "id": 7}})
+    );
 
     // Resuming from any batch's position yields exactly the rest, with the same boundaries.
     for (k, batch) in batches.iter().enumerate() {
@@ -769,7 +841,11 @@ async fn sqlite_cursor_source_resumes_without_loss_or_duplicates() {
     // New rows after the last position are read; changed rows come back with their new image.
     source_db(
         &path,
-        &[(11, Some(3), "late tie"), (4, Some(9), "changed"), (12, Some(1), "too late")],
+        &[
+            (11, Some(3), "late tie"),
+            (4, Some(9), "changed"),
+            (12, Some(1), "too late"),
+        ],
     )
     .await;
     let last = batches.last().unwrap().position.clone();
@@ -785,9 +861,14 @@ async fn sqlite_cursor_source_discovers_and_follows() {
     let path = dir.path().join("src.db");
     source_db(&path, &[(1, Some(1), "a")]).await;
     // Discovery rejects a column whose name is not an identifier, saying what to do.
-    let mut bad = SqliteSource::open(&path, "s", vec![cursor_spec(None)], SqliteSourceOptions::default())
-        .await
-        .unwrap();
+    let mut bad = SqliteSource::open(
+        &path,
+        "s",
+        vec![cursor_spec(None)],
+        SqliteSourceOptions::default(),
+    )
+    .await
+    .unwrap();
     let msg = bad.tables().await.unwrap_err().to_string();
     assert!(
         msg.contains("\"first name\"") && msg.contains("declare a schema"),
@@ -797,9 +878,14 @@ async fn sqlite_cursor_source_discovers_and_follows() {
         .execute(&mut connect(&path).await)
         .await
         .unwrap();
-    let mut source = SqliteSource::open(&path, "s", vec![cursor_spec(None)], SqliteSourceOptions::default())
-        .await
-        .unwrap();
+    let mut source = SqliteSource::open(
+        &path,
+        "s",
+        vec![cursor_spec(None)],
+        SqliteSourceOptions::default(),
+    )
+    .await
+    .unwrap();
     let tables = source.tables().await.unwrap();
     assert_eq!(*tables[0], items_schema(), "id is the row id, not a column");
 
@@ -859,7 +945,11 @@ fn deltas_of(batches: &[SourceBatch]) -> Vec<RowDelta> {
 async fn sqlite_diff_source_emits_updates_deletes_and_replays_exactly() {
     let dir = tempfile::tempdir().unwrap();
     let (path, state) = (dir.path().join("src.db"), dir.path().join("state"));
-    source_db(&path, &[(1, Some(1), "a"), (2, Some(1), "b"), (3, Some(1), "c")]).await;
+    source_db(
+        &path,
+        &[(1, Some(1), "a"), (2, Some(1), "b"), (3, Some(1), "c")],
+    )
+    .await;
 
     let mut source = diff_source(&path, &state).await;
     let first = read_all(&mut source, None).await.unwrap();
@@ -997,7 +1087,10 @@ async fn sqlite_bad_table_specs_are_clear_errors() {
     .await
     .unwrap();
     let err = missing.tables().await.unwrap_err().to_string();
-    assert!(err.contains("\"nope\"") && err.contains("no such table"), "{err}");
+    assert!(
+        err.contains("\"nope\"") && err.contains("no such table"),
+        "{err}"
+    );
     let err = SqliteSource::open(
         &dir.path().join("absent.db"),
         "s",
@@ -1029,14 +1122,23 @@ async fn sqlite_delta_log_source_reads_a_sinks_log_as_written() {
                 if i % 3 == 2 {
                     vec![]
                 } else {
-                    vec![("n", json!(i)), ("title", json!({"not": "a string"}).to_string().into())]
+                    vec![
+                        ("n", json!(i)),
+                        ("title", json!({"not": "a string"}).to_string().into()),
+                    ]
                 },
             )
         })
         .collect();
     let mut sink = open_sink(&path, false).await;
     sink.prepare(std::slice::from_ref(&table)).await.unwrap();
-    commit_groups(&mut sink, &table, &[deltas[..4].to_vec(), deltas[4..].to_vec()], 1).await;
+    commit_groups(
+        &mut sink,
+        &table,
+        &[deltas[..4].to_vec(), deltas[4..].to_vec()],
+        1,
+    )
+    .await;
 
     let spec = SqliteTableSpec {
         table: "todos".into(),
@@ -1052,7 +1154,11 @@ async fn sqlite_delta_log_source_reads_a_sinks_log_as_written() {
         .unwrap();
     assert_eq!(*source.tables().await.unwrap()[0], *table);
     let batches = read_all(&mut source, None).await.unwrap();
-    assert_eq!(deltas_of(&batches), deltas, "deltas come back exactly, deltaIds and all");
+    assert_eq!(
+        deltas_of(&batches),
+        deltas,
+        "deltas come back exactly, deltaIds and all"
+    );
     for d in deltas_of(&batches) {
         d.verify_delta_id().unwrap();
     }
@@ -1073,8 +1179,9 @@ async fn sqlite_delta_log_source_reads_a_sinks_log_as_written() {
 async fn sqlite_to_sqlite_end_to_end() {
     let dir = tempfile::tempdir().unwrap();
     let (src, dst) = (dir.path().join("src.db"), dir.path().join("out/dst.db"));
-    let rows: Vec<(i64, Option<i64>, String)> =
-        (1..=25).map(|i| (i, Some(i / 4), format!("n{i}"))).collect();
+    let rows: Vec<(i64, Option<i64>, String)> = (1..=25)
+        .map(|i| (i, Some(i / 4), format!("n{i}")))
+        .collect();
     let refs: Vec<(i64, Option<i64>, &str)> =
         rows.iter().map(|(a, b, c)| (*a, *b, c.as_str())).collect();
     source_db(&src, &refs).await;
@@ -1143,7 +1250,11 @@ async fn sqlite_sink_throughput() {
                 &format!("row-{}", i % (n / 2)),
                 "c",
                 1_000 + i as u64,
-                vec![("title", json!(format!("t{i}"))), ("n", json!(i)), ("done", json!(i % 2 == 0))],
+                vec![
+                    ("title", json!(format!("t{i}"))),
+                    ("n", json!(i)),
+                    ("done", json!(i % 2 == 0)),
+                ],
             )
         })
         .collect();

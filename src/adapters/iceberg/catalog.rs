@@ -101,10 +101,7 @@ pub async fn connect(config: &IcebergCatalogConfig) -> Result<Arc<dyn Catalog>> 
                 .await
                 .map_err(|e| Error::External {
                     system: "iceberg",
-                    message: format!(
-                        "opening the SQL catalog {name:?} on {}: {e}",
-                        db.display()
-                    ),
+                    message: format!("opening the SQL catalog {name:?} on {}: {e}", db.display()),
                     retryable: e.retryable(),
                     source: Some(Box::new(e)),
                 })?;
@@ -116,14 +113,13 @@ pub async fn connect(config: &IcebergCatalogConfig) -> Result<Arc<dyn Catalog>> 
 
 fn absolute(what: &'static str, path: &Path) -> Result<PathBuf> {
     if path.as_os_str().is_empty() {
-        return Err(Error::invalid("iceberg catalog", format!("the {what} is empty")));
-    }
-    std::path::absolute(path).map_err(|e| {
-        Error::invalid(
+        return Err(Error::invalid(
             "iceberg catalog",
-            format!("{what} {}: {e}", path.display()),
-        )
-    })
+            format!("the {what} is empty"),
+        ));
+    }
+    std::path::absolute(path)
+        .map_err(|e| Error::invalid("iceberg catalog", format!("{what} {}: {e}", path.display())))
 }
 
 fn utf8<'a>(what: &'static str, path: &'a Path) -> Result<&'a str> {
@@ -166,9 +162,10 @@ mod tests {
 
     #[test]
     fn config_parses_with_a_default_name() {
-        let config: IcebergCatalogConfig =
-            serde_json::from_str(r#"{"type": "sql", "uri": "lake/catalog.db", "warehouse": "lake/wh"}"#)
-                .unwrap();
+        let config: IcebergCatalogConfig = serde_json::from_str(
+            r#"{"type": "sql", "uri": "lake/catalog.db", "warehouse": "lake/wh"}"#,
+        )
+        .unwrap();
         assert_eq!(
             config,
             IcebergCatalogConfig::sql("lake/catalog.db", "lake/wh")

@@ -126,7 +126,9 @@ pub fn iceberg_schema(table: &TableSchema) -> Result<Schema> {
         let id = i32::try_from(i)
             .ok()
             .and_then(|i| i.checked_add(first_data_id))
-            .ok_or_else(|| Error::schema(format!("table {:?} has too many columns", table.table)))?;
+            .ok_or_else(|| {
+                Error::schema(format!("table {:?} has too many columns", table.table))
+            })?;
         fields.push(
             NestedField::optional(id, &column.name, iceberg_type(column.column_type))
                 .with_doc(type_doc(column.column_type))
@@ -442,12 +444,14 @@ fn compatible(from: &DataType, to: &DataType) -> bool {
         (a, b) if a == b => true,
         (D::Dictionary(_, value), to) => compatible(value, to),
         (a, b) if is_string(a) && is_string(b) => true,
-        (D::Timestamp(TimeUnit::Microsecond, Some(_)), D::Timestamp(TimeUnit::Microsecond, Some(_))) => {
-            true
-        }
-        (D::FixedSizeBinary(32) | D::Binary | D::LargeBinary | D::BinaryView, D::FixedSizeBinary(32)) => {
-            true
-        }
+        (
+            D::Timestamp(TimeUnit::Microsecond, Some(_)),
+            D::Timestamp(TimeUnit::Microsecond, Some(_)),
+        ) => true,
+        (
+            D::FixedSizeBinary(32) | D::Binary | D::LargeBinary | D::BinaryView,
+            D::FixedSizeBinary(32),
+        ) => true,
         (
             D::List(a) | D::LargeList(a) | D::ListView(a) | D::LargeListView(a),
             D::List(b) | D::LargeList(b),
@@ -646,7 +650,10 @@ mod tests {
         for name in ["_rowid", "_file", "_pos", "_deleted"] {
             let table = TableSchema::new("t", vec![ColumnDef::new(name, ColumnType::String)]);
             let err = iceberg_schema(&table).unwrap_err().to_string();
-            assert!(err.contains("reserved in Iceberg lake tables"), "{name}: {err}");
+            assert!(
+                err.contains("reserved in Iceberg lake tables"),
+                "{name}: {err}"
+            );
         }
         assert_eq!(lake_name("_row_id"), "_rowid");
         assert_eq!(lake_name("_hlc"), "_hlc");

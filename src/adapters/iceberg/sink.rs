@@ -61,8 +61,8 @@ use iceberg::writer::file_writer::location_generator::{
 use iceberg::writer::file_writer::rolling_writer::RollingFileWriterBuilder;
 use iceberg::writer::{IcebergWriter, IcebergWriterBuilder};
 use iceberg::{
-    Catalog, ErrorKind as IcebergErrorKind, Namespace, NamespaceIdent, TableCommit,
-    TableCreation, TableIdent,
+    Catalog, ErrorKind as IcebergErrorKind, Namespace, NamespaceIdent, TableCommit, TableCreation,
+    TableIdent,
 };
 use parquet::basic::{Compression, ZstdLevel};
 use parquet::file::properties::WriterProperties;
@@ -196,9 +196,8 @@ impl IcebergSink {
         pipeline: &str,
         sink_name: &str,
     ) -> Result<Self> {
-        validate_identifier(namespace).map_err(|e| {
-            Error::invalid("iceberg sink", format!("namespace {namespace:?}: {e}"))
-        })?;
+        validate_identifier(namespace)
+            .map_err(|e| Error::invalid("iceberg sink", format!("namespace {namespace:?}: {e}")))?;
         for (what, name) in [("pipeline", pipeline), ("sink", sink_name)] {
             if name.trim().is_empty() || name.contains(char::is_control) {
                 return Err(Error::invalid(
@@ -320,9 +319,7 @@ impl IcebergSink {
             .map_err(|e| iceberg_error(format!("evolving table {ident}"), e))?
             .commit(&*self.catalog)
             .await
-            .map_err(|e| {
-                iceberg_error(format!("adding columns {names:?} to table {ident}"), e)
-            })?;
+            .map_err(|e| iceberg_error(format!("adding columns {names:?} to table {ident}"), e))?;
         tracing::info!(table = %ident, added = ?names, "evolved Iceberg table schema");
         Ok(table)
     }
@@ -372,7 +369,10 @@ impl IcebergSink {
                 .apply(tx)
                 .and_then(|tx| {
                     tx.update_table_properties()
-                        .set(epoch_property(&self.pipeline, &self.sink), epoch.to_string())
+                        .set(
+                            epoch_property(&self.pipeline, &self.sink),
+                            epoch.to_string(),
+                        )
                         .apply(tx)
                 })
                 .map_err(|e| iceberg_error(format!("preparing the commit of table {ident}"), e))?;
@@ -641,9 +641,8 @@ impl Catalog for EpochGuard {
 
     async fn load_table(&self, ident: &TableIdent) -> iceberg::Result<Table> {
         let table = self.inner.load_table(ident).await?;
-        let mark = epoch_mark(table.metadata(), &self.pipeline, &self.sink).map_err(|e| {
-            iceberg::Error::new(IcebergErrorKind::DataInvalid, e.to_string())
-        })?;
+        let mark = epoch_mark(table.metadata(), &self.pipeline, &self.sink)
+            .map_err(|e| iceberg::Error::new(IcebergErrorKind::DataInvalid, e.to_string()))?;
         if let Some(mark) = mark
             && mark >= self.epoch
         {

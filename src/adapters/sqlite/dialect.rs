@@ -12,10 +12,14 @@
 //! `row_id`, `props`, `deleted_at` and `synced_at` are `TEXT`. JSON is declared `TEXT`, not
 //! `JSON`, on purpose: SQLite gives an unknown type name NUMERIC affinity, which would turn the
 //! JSON text `"1"` into the integer 1. Statements use `?` placeholders; one statement binds at most
-//! [`SQLITE_MAX_BIND_PARAMS`] values (SQLite's limit since 3.32).
+//! [`SQLITE_MAX_BIND_PARAMS`] values (SQLite's limit since 3.32). With an `externalIdColumn` the
+//! upsert also handles a conflict on the primary key (an external id that changed).
 
-use crate::kernel::materialise::{Cell, SqlDialect, rfc3339_micros};
+use crate::kernel::materialise::{
+    Cell, SqlDialect, rfc3339_micros, standard_upsert, upsert_assignments,
+};
 use crate::kernel::schema::ColumnType;
+use crate::kernel::schema::TableSchema;
 use crate::{Error, Result};
 
 /// The most bind parameters one SQLite statement may carry (`SQLITE_MAX_VARIABLE_NUMBER`).
@@ -58,6 +62,18 @@ impl SqlDialect for SqliteDialect {
 
     fn max_bind_params(&self) -> usize {
         SQLITE_MAX_BIND_PARAMS
+    }
+
+    /// The standard upsert; with an `externalIdColumn`, followed by a target-less
+    /// `ON CONFLICT DO UPDATE` (SQLite 3.35+), so that a row whose external id changed — which
+    /// conflicts on the primary key, not on the external id — is updated instead of failing.
+    fn upsert(&self, schema: &TableSchema, rows: usize) -> Result<String> {
+        let mut sql = standard_upsert(self, schema, rows)?;
+        if schema.external_id_column.is_some() {
+            sql.push_str(" ON CONFLICT DO UPDATE SET ");
+            sql.push_str(&upsert_assignments(self, schema)?);
+        }
+        Ok(sql)
     }
 }
 

@@ -10,9 +10,9 @@
 //! Semantics and designs are in each module's docs; the materialised table shape is in
 //! `docs/materialise.md`.
 
-pub(crate) mod dialect;
-mod sink;
-mod source;
+pub mod dialect;
+pub mod sink;
+pub mod source;
 
 pub use dialect::{SQLITE_MAX_BIND_PARAMS, SqliteDialect};
 pub use sink::{SqliteSink, SqliteSinkOptions};

@@ -20,7 +20,7 @@
 //! otherwise it logs the deltas, rematerialises every row they touch, and sets the mark. To
 //! rematerialise a row it loads the row's *whole* history from the log (including what was just
 //! logged), merges it with the kernel's LWW merge and applies
-//! [`plan_materialise`](crate::kernel::materialise::plan_materialise)'s upserts and deletes in
+//! [`plan_materialise`]'s upserts and deletes in
 //! chunked multi-row statements. The merge is a function of the set of deltas and the log is a
 //! set, so a materialised row is exactly the fold of every delta of that row, however the deltas
 //! were batched, ordered or repeated. The cost is one history read per touched row per commit:
@@ -41,9 +41,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use arrow::array::RecordBatch;
 use async_trait::async_trait;
-use sqlx::sqlite::{
-    SqliteConnectOptions, SqliteConnection, SqliteJournalMode, SqliteSynchronous,
-};
+use sqlx::sqlite::{SqliteConnectOptions, SqliteConnection, SqliteJournalMode, SqliteSynchronous};
 use sqlx::{Connection, Row};
 
 use super::dialect::{Bind, SqliteDialect, query_with};
@@ -198,26 +196,27 @@ impl SqliteSink {
         } else {
             schema.validate()?;
         }
-        let recorded: Option<String> = sqlx::query_scalar(
-            "SELECT schema_json FROM _lakesync_schemas WHERE \"table\" = ?",
-        )
-        .bind(&schema.table)
-        .fetch_optional(&mut *conn)
-        .await
-        .map_err(|e| sqlite_error(at("reading its recorded schema"), e))?;
+        let recorded: Option<String> =
+            sqlx::query_scalar("SELECT schema_json FROM _lakesync_schemas WHERE \"table\" = ?")
+                .bind(&schema.table)
+                .fetch_optional(&mut *conn)
+                .await
+                .map_err(|e| sqlite_error(at("reading its recorded schema"), e))?;
         if let Some(text) = recorded {
             let old: TableSchema = serde_json::from_str(&text).map_err(|e| {
                 Error::invalid(
                     "recorded schema",
-                    format!("{}: {e}", at("the schema in _lakesync_schemas is not valid")),
+                    format!(
+                        "{}: {e}",
+                        at("the schema in _lakesync_schemas is not valid")
+                    ),
                 )
             })?;
             old.evolve_to(schema)
                 .map_err(|e| Error::schema(format!("{}: {e}", at("schema change rejected"))))?;
             if materialise {
-                check_settings_unchanged(&old, schema).map_err(|e| {
-                    Error::schema(format!("{}: {e}", at("schema change rejected")))
-                })?;
+                check_settings_unchanged(&old, schema)
+                    .map_err(|e| Error::schema(format!("{}: {e}", at("schema change rejected"))))?;
             }
         }
         if materialise {
@@ -227,12 +226,11 @@ impl SqliteSink {
                 .execute(&mut *conn)
                 .await
                 .map_err(|e| sqlite_error(at("creating the materialised table"), e))?;
-            let existing: Vec<String> =
-                sqlx::query_scalar("SELECT name FROM pragma_table_info(?)")
-                    .bind(&schema.table)
-                    .fetch_all(&mut *conn)
-                    .await
-                    .map_err(|e| sqlite_error(at("reading its columns"), e))?;
+            let existing: Vec<String> = sqlx::query_scalar("SELECT name FROM pragma_table_info(?)")
+                .bind(&schema.table)
+                .fetch_all(&mut *conn)
+                .await
+                .map_err(|e| sqlite_error(at("reading its columns"), e))?;
             let mut required = vec![ROW_ID_COLUMN, PROPS_COLUMN, SYNCED_AT_COLUMN];
             if schema.is_soft_delete() {
                 required.push(DELETED_AT_COLUMN);
@@ -248,10 +246,9 @@ impl SqliteSink {
                 .filter(|c| !existing.contains(&c.name))
             {
                 let alter = dialect.add_column(schema, column)?;
-                sqlx::query(&alter)
-                    .execute(&mut *conn)
-                    .await
-                    .map_err(|e| sqlite_error(at(&format!("adding column {:?}", column.name)), e))?;
+                sqlx::query(&alter).execute(&mut *conn).await.map_err(|e| {
+                    sqlite_error(at(&format!("adding column {:?}", column.name)), e)
+                })?;
                 tracing::info!(table = %schema.table, column = %column.name, "materialised table gained a column");
             }
         }
@@ -302,35 +299,26 @@ async fn read_mark(
 }
 
 fn check_settings_unchanged(old: &TableSchema, new: &TableSchema) -> Result<()> {
-    let same = |what: &str, a: String, b: String| {
-        if a == b {
-            Ok(())
-        } else {
-            Err(Error::schema(format!(
-                "{what} cannot change once the table is materialised (was {a}, now {b})"
-            )))
-        }
+    let json = |v: serde_json::Result<String>| v.unwrap_or_else(|e| e.to_string());
+    let settings = |s: &TableSchema| {
+        [
+            ("primaryKey", json(serde_json::to_string(&s.primary_key))),
+            ("softDelete", s.is_soft_delete().to_string()),
+            (
+                "externalIdColumn",
+                json(serde_json::to_string(&s.external_id_column)),
+            ),
+            ("sourceTable", json(serde_json::to_string(s.delta_table()))),
+        ]
     };
-    same(
-        "primaryKey",
-        format!("{:?}", old.primary_key),
-        format!("{:?}", new.primary_key),
-    )?;
-    same(
-        "softDelete",
-        old.is_soft_delete().to_string(),
-        new.is_soft_delete().to_string(),
-    )?;
-    same(
-        "externalIdColumn",
-        format!("{:?}", old.external_id_column),
-        format!("{:?}", new.external_id_column),
-    )?;
-    same(
-        "sourceTable",
-        format!("{:?}", old.delta_table()),
-        format!("{:?}", new.delta_table()),
-    )
+    for ((what, was), (_, now)) in settings(old).into_iter().zip(settings(new)) {
+        if was != now {
+            return Err(Error::schema(format!(
+                "{what} cannot change once the table is materialised (was {was}, now {now})"
+            )));
+        }
+    }
+    Ok(())
 }
 
 #[async_trait]
@@ -373,7 +361,11 @@ impl Sink for SqliteSink {
         // The batch may predate an evolution (fewer trailing columns) but must fit the schema.
         let carried = table_schema_of(batch.schema_ref(), crate::kernel::delta_batch::RESERVED)?;
         for (i, col) in carried.columns.iter().enumerate() {
-            if prepared.columns.get(i) != Some(col) {
+            let fits = prepared
+                .columns
+                .get(i)
+                .is_some_and(|p| p.name == col.name && p.column_type == col.column_type);
+            if !fits {
                 return Err(Error::schema(format!(
                     "{here}: a batch for table {:?} has column {:?} ({}) at position {i}, which the prepared schema does not",
                     table.table,
@@ -400,14 +392,16 @@ impl Sink for SqliteSink {
     async fn commit(&mut self, epoch: u64) -> Result<CommitStats> {
         let here = self.here();
         let epoch_i64 = i64::try_from(epoch).map_err(|_| {
-            Error::invalid("epoch", format!("{here}: epoch {epoch} does not fit SQLite's INTEGER"))
+            Error::invalid(
+                "epoch",
+                format!("{here}: epoch {epoch} does not fit SQLite's INTEGER"),
+            )
         })?;
         let synced_at = rfc3339_micros(now_micros())?;
-        let mut tx = self
-            .conn
-            .begin_with("BEGIN IMMEDIATE")
-            .await
-            .map_err(|e| sqlite_error(format!("{here}: starting commit of epoch {epoch}"), e))?;
+        let mut tx =
+            self.conn.begin_with("BEGIN IMMEDIATE").await.map_err(|e| {
+                sqlite_error(format!("{here}: starting commit of epoch {epoch}"), e)
+            })?;
         let mark = read_mark(&mut tx, &self.pipeline, &self.name, &here).await?;
         if mark.is_some_and(|m| m >= epoch) {
             tx.rollback()
@@ -496,7 +490,11 @@ async fn log_deltas(
     let mut binds = Vec::with_capacity(deltas.len() * DELTA_BINDS);
     let mut bytes = 0u64;
     for (i, d) in deltas.iter().enumerate() {
-        sql.push_str(if i == 0 { "(?, ?, ?, ?, ?, ?, ?)" } else { ", (?, ?, ?, ?, ?, ?, ?)" });
+        sql.push_str(if i == 0 {
+            "(?, ?, ?, ?, ?, ?, ?)"
+        } else {
+            ", (?, ?, ?, ?, ?, ?, ?)"
+        });
         let columns = serde_json::to_string(&d.columns)
             .map_err(|e| Error::internal(format!("serialising delta columns: {e}")))?;
         bytes += (32 + 8 + 1 + d.table.len() + d.row_id.len() + d.client_id.len() + columns.len())
@@ -513,7 +511,7 @@ async fn log_deltas(
         ]);
     }
     let done = query_with(&sql, binds)
-        .persistent(false)
+        .persistent(deltas.len() == SqliteDialect.rows_per_statement(DELTA_BINDS))
         .execute(conn)
         .await
         .map_err(|e| sqlite_error(format!("{here}: logging {} deltas", deltas.len()), e))?;
@@ -542,7 +540,10 @@ pub(crate) async fn load_history(
             .fetch_all(&mut *conn)
             .await
             .map_err(|e| {
-                sqlite_error(format!("{here}: reading the history of table {delta_table:?}"), e)
+                sqlite_error(
+                    format!("{here}: reading the history of table {delta_table:?}"),
+                    e,
+                )
             })?;
         for row in &rows {
             out.push(logged_delta(row, delta_table).map_err(|e| {
@@ -560,13 +561,17 @@ pub(crate) fn logged_delta(
     table: &str,
 ) -> std::result::Result<RowDelta, String> {
     let get_err = |what: &str, e: sqlx::Error| format!("column {what}: {e}");
-    let id: Vec<u8> = row.try_get("delta_id").map_err(|e| get_err("delta_id", e))?;
+    let id: Vec<u8> = row
+        .try_get("delta_id")
+        .map_err(|e| get_err("delta_id", e))?;
     let row_id: String = row.try_get("row_id").map_err(|e| get_err("row_id", e))?;
     let delta_id = DeltaId(
         <[u8; 32]>::try_from(id.as_slice())
             .map_err(|_| format!("row {row_id:?} has a {}-byte delta_id, not 32", id.len()))?,
     );
-    let client_id: String = row.try_get("client_id").map_err(|e| get_err("client_id", e))?;
+    let client_id: String = row
+        .try_get("client_id")
+        .map_err(|e| get_err("client_id", e))?;
     let hlc: i64 = row.try_get("hlc").map_err(|e| get_err("hlc", e))?;
     let op: i64 = row.try_get("op").map_err(|e| get_err("op", e))?;
     let op = u8::try_from(op)
@@ -574,8 +579,9 @@ pub(crate) fn logged_delta(
         .and_then(|code| DeltaOp::from_code(code).ok())
         .ok_or_else(|| format!("delta {delta_id} has op {op}, not 1, 2 or 3"))?;
     let columns: String = row.try_get("columns").map_err(|e| get_err("columns", e))?;
-    let columns: Vec<ColumnDelta> = serde_json::from_str(&columns)
-        .map_err(|e| format!("delta {delta_id} has columns that are not [{{column, value}}] JSON: {e}"))?;
+    let columns: Vec<ColumnDelta> = serde_json::from_str(&columns).map_err(|e| {
+        format!("delta {delta_id} has columns that are not [{{column, value}}] JSON: {e}")
+    })?;
     Ok(RowDelta {
         op,
         table: table.to_string(),
@@ -598,8 +604,12 @@ async fn materialise_rows(
     here: &str,
 ) -> Result<(u64, u64)> {
     let history = load_history(conn, schema.delta_table(), row_ids, here).await?;
-    let batch = deltas_to_batch(schema, &history)
-        .map_err(|e| Error::schema(format!("{here}: materialising table {:?}: {e}", schema.table)))?;
+    let batch = deltas_to_batch(schema, &history).map_err(|e| {
+        Error::schema(format!(
+            "{here}: materialising table {:?}: {e}",
+            schema.table
+        ))
+    })?;
     let state = merge(schema, None, std::slice::from_ref(&batch))?;
     let before = if schema.is_soft_delete() {
         before_delete_state(schema, &state, std::slice::from_ref(&batch))?
@@ -637,7 +647,10 @@ async fn materialise_rows(
             .execute(&mut *conn)
             .await
             .map_err(|e| {
-                sqlite_error(format!("{here}: upserting {n} rows into {:?}", schema.table), e)
+                sqlite_error(
+                    format!("{here}: upserting {n} rows into {:?}", schema.table),
+                    e,
+                )
             })?;
         upserted += n as u64;
     }
@@ -651,7 +664,14 @@ async fn materialise_rows(
             .execute(&mut *conn)
             .await
             .map_err(|e| {
-                sqlite_error(format!("{here}: deleting {} rows from {:?}", chunk.len(), schema.table), e)
+                sqlite_error(
+                    format!(
+                        "{here}: deleting {} rows from {:?}",
+                        chunk.len(),
+                        schema.table
+                    ),
+                    e,
+                )
             })?;
         deleted += done.rows_affected();
     }

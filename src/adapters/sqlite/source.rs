@@ -275,9 +275,7 @@ impl SqliteSource {
                 SqliteStrategy::Cursor {
                     cursor_column,
                     id_column,
-                } => {
-                    table_schema(conn, &here, spec, id_column, Some(cursor_column)).await?
-                }
+                } => table_schema(conn, &here, spec, id_column, Some(cursor_column)).await?,
                 SqliteStrategy::Diff { id_column } => {
                     table_schema(conn, &here, spec, id_column, None).await?
                 }
@@ -346,27 +344,24 @@ impl Source for SqliteSource {
                     cursor_column,
                     id_column,
                 } => {
-                    let last = match entry {
-                        None => None,
-                        Some(Value::Object(e)) => {
-                            let cursor = e.get("cursor").cloned().ok_or_else(|| {
-                                at(format!("{} has no \"cursor\"", Value::Object(e.clone())))
-                            })?;
-                            let id = e
-                                .get("id")
-                                .filter(|v| !v.is_null())
-                                .cloned()
-                                .ok_or_else(|| {
-                                    at(format!("{} has no \"id\"", Value::Object(e.clone())))
+                    let last =
+                        match entry {
+                            None => None,
+                            Some(Value::Object(e)) => {
+                                let cursor = e.get("cursor").cloned().ok_or_else(|| {
+                                    at(format!("{} has no \"cursor\"", Value::Object(e.clone())))
                                 })?;
-                            bind_of(&cursor).map_err(&at)?;
-                            bind_of(&id).map_err(&at)?;
-                            Some((cursor, id))
-                        }
-                        Some(other) => {
-                            return Err(at(format!("expected {{cursor, id}}, got {other}")));
-                        }
-                    };
+                                let id = e.get("id").filter(|v| !v.is_null()).cloned().ok_or_else(
+                                    || at(format!("{} has no \"id\"", Value::Object(e.clone()))),
+                                )?;
+                                bind_of(&cursor).map_err(&at)?;
+                                bind_of(&id).map_err(&at)?;
+                                Some((cursor, id))
+                            }
+                            Some(other) => {
+                                return Err(at(format!("expected {{cursor, id}}, got {other}")));
+                            }
+                        };
                     Kind::Cursor {
                         cursor: cursor_column.clone(),
                         id: id_column.clone(),
@@ -452,13 +447,19 @@ async fn table_schema(
     id_column: &str,
     cursor_column: Option<&str>,
 ) -> Result<TableSchema> {
-    let at = |msg: String| Error::invalid("source", format!("{here}: table {:?}: {msg}", spec.table));
+    let at =
+        |msg: String| Error::invalid("source", format!("{here}: table {:?}: {msg}", spec.table));
     let columns: Vec<(String, String)> =
         sqlx::query_as("SELECT name, type FROM pragma_table_info(?) ORDER BY cid")
             .bind(&spec.table)
             .fetch_all(&mut *conn)
             .await
-            .map_err(|e| sqlite_error(format!("{here}: reading the columns of {:?}", spec.table), e))?;
+            .map_err(|e| {
+                sqlite_error(
+                    format!("{here}: reading the columns of {:?}", spec.table),
+                    e,
+                )
+            })?;
     if columns.is_empty() {
         return Err(at("no such table in the database".into()));
     }
@@ -513,7 +514,8 @@ async fn log_schema(
     here: &str,
     spec: &SqliteTableSpec,
 ) -> Result<TableSchema> {
-    let at = |msg: String| Error::invalid("source", format!("{here}: table {:?}: {msg}", spec.table));
+    let at =
+        |msg: String| Error::invalid("source", format!("{here}: table {:?}: {msg}", spec.table));
     let tables: Vec<String> = sqlx::query_scalar(
         "SELECT name FROM sqlite_master WHERE type = 'table' AND name IN (?, ?)",
     )
@@ -649,7 +651,9 @@ impl Reader {
                             self.done = true;
                             continue;
                         }
-                        ReadMode::Follow { poll_interval } => tokio::time::sleep(poll_interval).await,
+                        ReadMode::Follow { poll_interval } => {
+                            tokio::time::sleep(poll_interval).await
+                        }
                     }
                 }
                 self.cycles += 1;
@@ -737,7 +741,10 @@ impl Reader {
                 let value = raw(row, k + 2)
                     .and_then(|r| to_json(r, def.column_type))
                     .map_err(|e| self.cell_err(&name, &row_id, &def.name, e))?;
-                columns.push(crate::kernel::delta::ColumnDelta::new(def.name.clone(), value));
+                columns.push(crate::kernel::delta::ColumnDelta::new(
+                    def.name.clone(),
+                    value,
+                ));
             }
             deltas.push(RowDelta::new(
                 DeltaOp::Insert,
@@ -862,8 +869,11 @@ impl Reader {
                 ));
             }
         }
-        let mut vanished: Vec<&String> =
-            state.snapshot.keys().filter(|k| !seen.contains(*k)).collect();
+        let mut vanished: Vec<&String> = state
+            .snapshot
+            .keys()
+            .filter(|k| !seen.contains(*k))
+            .collect();
         vanished.sort();
         for row_id in vanished {
             deltas.extend(extract_delta(
@@ -1146,7 +1156,12 @@ impl DiffState {
             Ok(bytes) => serde_json::from_slice(&bytes)
                 .map_err(|e| bad(&base_path, format!("not a snapshot: {e}")))?,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => BaseSnapshot::default(),
-            Err(e) => return Err(io_error(format!("{here}: reading {}", base_path.display()), e)),
+            Err(e) => {
+                return Err(io_error(
+                    format!("{here}: reading {}", base_path.display()),
+                    e,
+                ));
+            }
         };
         if base.seq > seq {
             return Err(bad(
@@ -1160,7 +1175,12 @@ impl DiffState {
         let text = match tokio::fs::read_to_string(&journal).await {
             Ok(text) => text,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
-            Err(e) => return Err(io_error(format!("{here}: reading {}", journal.display()), e)),
+            Err(e) => {
+                return Err(io_error(
+                    format!("{here}: reading {}", journal.display()),
+                    e,
+                ));
+            }
         };
         let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
         let mut snapshot: HashMap<String, Map<String, Value>> = base.rows.into_iter().collect();
@@ -1174,7 +1194,12 @@ impl DiffState {
                     tracing::warn!(file = %journal.display(), error = %e, "ignoring a torn last journal line");
                     break;
                 }
-                Err(e) => return Err(bad(&journal, format!("line {} is not a journal entry: {e}", n + 1))),
+                Err(e) => {
+                    return Err(bad(
+                        &journal,
+                        format!("line {} is not a journal entry: {e}", n + 1),
+                    ));
+                }
             };
             let expected = replay.last().map_or(folded, |e: &JournalEntry| e.seq) + 1;
             if entry.seq <= folded {
@@ -1196,7 +1221,12 @@ impl DiffState {
             }
         }
         if folded < seq {
-            tracing::warn!(table, position = seq, journal = folded, "diff journal ends before the resume position; re-diffing from the older snapshot");
+            tracing::warn!(
+                table,
+                position = seq,
+                journal = folded,
+                "diff journal ends before the resume position; re-diffing from the older snapshot"
+            );
         }
         let state = Self {
             id_column: id_column.to_string(),
@@ -1226,7 +1256,12 @@ impl DiffState {
 
     /// Appends a journal line and makes it durable.
     async fn append(&self, entry: &JournalEntry, here: &str) -> Result<()> {
-        let at = |e| io_error(format!("{here}: appending to {}", self.journal.display()), e);
+        let at = |e| {
+            io_error(
+                format!("{here}: appending to {}", self.journal.display()),
+                e,
+            )
+        };
         let mut file = tokio::fs::OpenOptions::new()
             .create(true)
             .append(true)
