@@ -4,7 +4,8 @@
 #   bash scripts/test.sh            # start services, check format and lints, run every test
 #
 # 1. Starts the real services the integration tests need (scripts/services.sh: Postgres,
-#    MariaDB, SeaweedFS S3 + Iceberg REST, NATS JetStream, moto) and stops them on exit.
+#    MariaDB, SeaweedFS S3 + Iceberg REST, NATS JetStream, moto) and stops them on exit, and
+#    makes sure the Python peers used by interop tests are installed (scripts/python-tools.sh).
 # 2. `cargo fmt --check` and `cargo clippy --all-targets -- -D warnings`.
 # 3. Every test of the workspace (unit, property and the `tests/it` integration binary) with
 #    cargo-nextest when installed, else `cargo test`. Property tests run PROPTEST_CASES cases
@@ -32,6 +33,8 @@ echo "== starting services" >&2
 exports="$(bash scripts/services.sh start)"
 services_started=1
 eval "$exports"
+echo "== python tools (pyiceberg, pyarrow, duckdb)" >&2
+eval "$(bash scripts/python-tools.sh)"
 
 echo "== cargo fmt --check" >&2
 cargo fmt --all -- --check

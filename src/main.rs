@@ -96,9 +96,16 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    // On a terminal the progress bar speaks; elsewhere (CI, services) epochs are logged.
+    let default_filter = if std::io::IsTerminal::is_terminal(&std::io::stderr()) {
+        "warn"
+    } else {
+        "lakesync=info,warn"
+    };
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| default_filter.into()),
         )
         .with_writer(std::io::stderr)
         .init();

@@ -210,6 +210,17 @@ pub async fn run(
 
     let last = store.last_committed().await?;
     let mut epoch = last.as_ref().map_or(0, |p| p.epoch);
+    // Sinks keep their own epoch marks. If they are ahead of the checkpoint store (its state
+    // directory was lost or reset), number new epochs after their marks, or the sinks would
+    // take new data for replays and drop it. The sources start over from the checkpoint.
+    let mut marks = 0;
+    for node in &mut graph.sinks {
+        marks = marks.max(node.sink.committed_epoch().await?.unwrap_or(0));
+    }
+    if marks > epoch && store.pending().await?.is_none() {
+        tracing::warn!(pipeline = %graph.name, checkpoint = epoch, sinks = marks, "sinks have committed epochs the checkpoint store does not know; numbering new epochs after them");
+        epoch = marks;
+    }
     restore_operators(&graph.state_dir, &mut graph.operators, epoch)?;
     let mut positions: Vec<Option<Position>> = graph
         .sources

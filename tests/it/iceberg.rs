@@ -507,14 +507,36 @@ async fn pyiceberg_reads_what_lakesync_wrote() {
     );
     assert_eq!(ours.len(), 650);
 
+    let theirs = pyiceberg_rows(
+        &python,
+        &lake.db,
+        &lake.warehouse,
+        "lakesync.tasks",
+        lake.config.name(),
+    );
+    assert_eq!(theirs.len(), ours.len(), "row counts differ");
+    eprintln!("pyiceberg's first row: {}", theirs[0]);
+    for (a, b) in theirs.iter().zip(&ours) {
+        assert_eq!(a, b, "pyiceberg and lakesync::query disagree on a row");
+    }
+}
+
+/// The rows tests/python/read_iceberg.py (pyiceberg) reads from a table, in canonical form.
+fn pyiceberg_rows(
+    python: &str,
+    db: &std::path::Path,
+    warehouse: &std::path::Path,
+    table: &str,
+    catalog: &str,
+) -> Vec<Value> {
     let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/python/read_iceberg.py");
     let started = Instant::now();
-    let output = Command::new(&python)
+    let output = Command::new(python)
         .arg(&script)
-        .arg(&lake.db)
-        .arg(&lake.warehouse)
-        .arg("lakesync.tasks")
-        .arg(lake.config.name())
+        .arg(db)
+        .arg(warehouse)
+        .arg(table)
+        .arg(catalog)
         .output()
         .expect("run the pyiceberg reader");
     let elapsed = started.elapsed();
@@ -524,93 +546,75 @@ async fn pyiceberg_reads_what_lakesync_wrote() {
         "pyiceberg reader failed:\n{stderr}"
     );
     eprintln!("pyiceberg: {} (process {elapsed:.2?})", stderr.trim());
-    let theirs: Vec<Value> = String::from_utf8(output.stdout)
+    String::from_utf8(output.stdout)
         .expect("UTF-8 output")
         .lines()
         .map(|line| serde_json::from_str(line).expect("a JSON line"))
-        .collect();
+        .collect()
+}
 
-    assert_eq!(theirs.len(), ours.len(), "row counts differ");
-    eprintln!("pyiceberg's first row: {}", theirs[0]);
-    for (a, b) in theirs.iter().zip(&ours) {
-        assert_eq!(a, b, "pyiceberg and lakesync::query disagree on a row");
+fn copy_tree(from: &std::path::Path, to: &std::path::Path) {
+    std::fs::create_dir_all(to).expect("mkdir");
+    for entry in std::fs::read_dir(from).expect("read dir").flatten() {
+        let target = to.join(entry.file_name());
+        if entry.path().is_dir() {
+            copy_tree(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), target).expect("copy");
+        }
     }
 }
 
-/// Throughput of the sink in this build, for orientation (not a test of speed):
-/// `cargo test --test it iceberg_sink_throughput -- --ignored --nocapture`, with
-/// `LAKESYNC_BENCH_DELTAS` deltas (default 1,000,000) in epochs of 100,000.
+/// The README's quickstart, then pyiceberg (SQL catalogue on the same SQLite file) reads the
+/// Iceberg table it wrote and gets the same rows as `lakesync query`.
 #[tokio::test]
-#[ignore = "a measurement, run by hand"]
-async fn iceberg_sink_throughput() {
-    let total: usize = std::env::var("LAKESYNC_BENCH_DELTAS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(1_000_000);
-    let per_epoch = 100_000.min(total);
-    let lake = lake();
-    let tasks = tasks();
-    let mut sink = IcebergSink::connect(&lake.config, "lakesync", "bench", "lake")
+async fn pyiceberg_reads_the_quickstart_lake() {
+    let Some(python) = support::service_env("pyiceberg", "LAKESYNC_PYTHON") else {
+        return;
+    };
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let dir = tempfile::tempdir().expect("temp dir");
+    copy_tree(&root.join("pipelines"), &dir.path().join("pipelines"));
+    copy_tree(&root.join("examples"), &dir.path().join("examples"));
+    let plan = lakesync::config::load_plan(
+        &dir.path().join("pipelines/quickstart.yaml"),
+        &lakesync::config::Env::process(),
+    )
+    .expect("quickstart validates");
+    let graph = lakesync::build::build(&plan)
         .await
-        .expect("connect the sink");
-    sink.prepare(std::slice::from_ref(&tasks))
+        .expect("build the quickstart");
+    let options = lakesync::runtime::pipeline::RunOptions {
+        mode: lakesync::runtime::api::ReadMode::Once,
+        progress: false,
+    };
+    let summary = lakesync::runtime::pipeline::run(graph, options, std::future::pending())
         .await
-        .expect("prepare");
-    let mut workload = Workload::new(100_000, 16, 42);
-    let (mut generate, mut sink_time, mut bytes, mut written) = (
-        std::time::Duration::ZERO,
-        std::time::Duration::ZERO,
-        0u64,
-        0usize,
-    );
-    let mut epoch = 0;
-    while written < total {
-        epoch += 1;
-        let n = per_epoch.min(total - written);
-        let started = Instant::now();
-        let deltas = workload.deltas(n, WALL_MS + epoch * 1_000_000);
-        let batches: Vec<RecordBatch> = deltas
-            .chunks(8192)
-            .map(|c| deltas_to_batch(&tasks, c).expect("batch"))
-            .collect();
-        generate += started.elapsed();
-        let started = Instant::now();
-        for batch in batches {
-            sink.write(&tasks, batch).await.expect("write");
-        }
-        let stats = sink.commit(epoch).await.expect("commit");
-        sink_time += started.elapsed();
-        bytes += stats.bytes;
-        written += n;
-    }
-    let started = Instant::now();
-    let rows = count(&lake.config, "SELECT count(*) FROM tasks").await;
-    let count_time = started.elapsed();
-    assert_eq!(rows as usize, total);
-    let rate = total as f64 / sink_time.as_secs_f64();
-    eprintln!(
-        "iceberg sink: {total} deltas in {epoch} epochs: sink {sink_time:.2?} ({rate:.0} deltas/s, \
-         {:.1} MB/s of Parquet, {:.1} bytes/delta); generating + building batches {generate:.2?}; \
-         count(*) query {count_time:.2?}",
-        bytes as f64 / 1e6 / sink_time.as_secs_f64(),
-        bytes as f64 / total as f64
+        .expect("run the quickstart");
+    assert!(
+        summary.sinks["lake"].rows > 0,
+        "the quickstart wrote nothing to the lake"
     );
 
-    // Small epochs, as a streaming pipeline commits them: the fixed cost of one commit.
-    let mut latencies = Vec::new();
-    for _ in 0..20 {
-        epoch += 1;
-        let batch = deltas_to_batch(&tasks, &workload.deltas(100, WALL_MS + epoch * 1_000_000))
-            .expect("batch");
-        let started = Instant::now();
-        sink.write(&tasks, batch).await.expect("write");
-        sink.commit(epoch).await.expect("commit");
-        latencies.push(started.elapsed());
-    }
-    latencies.sort();
-    eprintln!(
-        "iceberg sink: 100-delta epochs after {epoch} snapshots: commit median {:.2?}, max {:.2?}",
-        latencies[latencies.len() / 2],
-        latencies[latencies.len() - 1]
+    let config = IcebergCatalogConfig::sql(
+        dir.path().join("lake/catalog.sqlite"),
+        dir.path().join("lake/warehouse"),
+    );
+    let ours = json_rows(
+        &query(&config, "SELECT * FROM lakesync.tasks")
+            .await
+            .expect("query"),
+    );
+    assert_eq!(ours.len() as u64, summary.sinks["lake"].rows);
+    let theirs = pyiceberg_rows(
+        &python,
+        &dir.path().join("lake/catalog.sqlite"),
+        &dir.path().join("lake/warehouse"),
+        "lakesync.tasks",
+        config.name(),
+    );
+    assert_eq!(
+        theirs, ours,
+        "pyiceberg and lakesync query disagree on the quickstart's table"
     );
 }

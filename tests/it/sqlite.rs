@@ -3,9 +3,9 @@
 
 // Test helpers outside `#[test]` functions panic on failure too.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use futures::{StreamExt, TryStreamExt};
 use lakesync::adapters::sqlite::{
@@ -1234,46 +1234,4 @@ async fn sqlite_to_sqlite_end_to_end() {
         })
         .collect();
     assert_eq!(mirrored, want);
-}
-
-/// Throughput of the sink's commit (log + materialise), printed; run with `--ignored`.
-#[tokio::test]
-#[ignore = "a measurement, not a test"]
-async fn sqlite_sink_throughput() {
-    let dir = tempfile::tempdir().unwrap();
-    let table: TableRef = Arc::new(todos(true));
-    let n = 100_000usize;
-    let deltas: Vec<RowDelta> = (0..n)
-        .map(|i| {
-            delta(
-                DeltaOp::Insert,
-                &format!("row-{}", i % (n / 2)),
-                "c",
-                1_000 + i as u64,
-                vec![
-                    ("title", json!(format!("t{i}"))),
-                    ("n", json!(i)),
-                    ("done", json!(i % 2 == 0)),
-                ],
-            )
-        })
-        .collect();
-    for materialise in [false, true] {
-        let path: PathBuf = dir.path().join(format!("m-{materialise}.db"));
-        let mut sink = open_sink(&path, materialise).await;
-        sink.prepare(std::slice::from_ref(&table)).await.unwrap();
-        let start = Instant::now();
-        for (e, chunk) in deltas.chunks(10_000).enumerate() {
-            sink.write(&table, deltas_to_batch(&table, chunk).unwrap())
-                .await
-                .unwrap();
-            sink.commit(e as u64 + 1).await.unwrap();
-        }
-        let secs = start.elapsed().as_secs_f64();
-        println!(
-            "sqlite sink, materialise={materialise}: {n} deltas ({} rows) in epochs of 10000: {secs:.2} s, {:.0} deltas/s",
-            n / 2,
-            n as f64 / secs
-        );
-    }
 }
