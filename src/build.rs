@@ -60,7 +60,7 @@ pub async fn build(plan: &Plan) -> Result<PipelineGraph> {
                         name.clone(),
                         ClientFilter::new(&filter.rules, &filter.claims),
                     )
-                    .with_tables(&lane_tables),
+                    .with_tables(&lane_tables)?,
                 )
             }
         };
@@ -79,7 +79,7 @@ pub async fn build(plan: &Plan) -> Result<PipelineGraph> {
             .ok_or_else(|| Error::internal(format!("sink {name:?} has no input")))?;
         sinks.push(SinkNode {
             name: name.to_string(),
-            sink: build_sink(plan, name, spec).await?,
+            sink: build_sink(plan, &plan.name, name, spec).await?,
             input: node(input, &operator_index)?,
             required: spec.is_required(),
         });
@@ -168,16 +168,22 @@ async fn build_source(plan: &Plan, name: &str, spec: &SourceSpec) -> Result<Box<
     })
 }
 
-async fn build_sink(plan: &Plan, name: &str, spec: &SinkSpec) -> Result<Box<dyn Sink>> {
+/// Builds the sink `name` of `spec`, marking its commits as `pipeline`'s.
+pub async fn build_sink(
+    plan: &Plan,
+    pipeline: &str,
+    name: &str,
+    spec: &SinkSpec,
+) -> Result<Box<dyn Sink>> {
     Ok(match spec {
         SinkSpec::Iceberg(s) => {
             let catalog = catalog_config(plan, &s.catalog)?;
-            Box::new(IcebergSink::connect(&catalog, &s.namespace, &plan.name, name).await?)
+            Box::new(IcebergSink::connect(&catalog, &s.namespace, pipeline, name).await?)
         }
         SinkSpec::Sqlite(s) => Box::new(
             SqliteSink::open(
                 &plan.resolve_path(&s.path),
-                &plan.name,
+                pipeline,
                 name,
                 SqliteSinkOptions {
                     materialise: s.materialise,
@@ -202,14 +208,15 @@ async fn build_sink(plan: &Plan, name: &str, spec: &SinkSpec) -> Result<Box<dyn 
             }
             Box::new(ParquetSink::local(
                 name,
-                &plan.name,
+                pipeline,
                 &plan.resolve_path(&s.path),
                 compression,
             )?)
         }
         SinkSpec::Tier(s) => {
-            let hot = Box::pin(build_sink(plan, &format!("{name}.hot"), &s.hot)).await?;
-            let cold = Box::pin(build_sink(plan, &format!("{name}.cold"), &s.cold)).await?;
+            let hot = Box::pin(build_sink(plan, pipeline, &format!("{name}.hot"), &s.hot)).await?;
+            let cold =
+                Box::pin(build_sink(plan, pipeline, &format!("{name}.cold"), &s.cold)).await?;
             Box::new(TierSink::new(name, s.max_age.0, hot, cold))
         }
     })

@@ -36,6 +36,12 @@ enum Command {
         #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
         poll_interval: std::time::Duration,
     },
+    /// Move data that has aged out of tier sinks' hot side into their cold side.
+    Migrate {
+        /// Pipeline files.
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+    },
     /// Check pipeline files and report every problem with its YAML path.
     Validate {
         /// Pipeline files.
@@ -139,6 +145,21 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             };
             runtime()?.block_on(run_files(files, mode))?;
         }
+        Command::Migrate { files } => {
+            let env = Env::process();
+            let rt = runtime()?;
+            let now_ms = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_millis() as u64)
+                .unwrap_or(0);
+            for file in files {
+                let plan = load_plan(&file, &env)
+                    .with_context(|| format!("{} is not a valid pipeline", file.display()))?;
+                for summary in rt.block_on(lakesync::runtime::migrate::migrate(&plan, now_ms))? {
+                    print!("{summary}");
+                }
+            }
+        }
         Command::Validate { files } => {
             let (report, ok) = lakesync::config::validate_files(&files);
             print!("{report}");
@@ -205,56 +226,81 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// Runs every file's pipeline concurrently; Ctrl-C asks all of them to finish their epoch.
+/// Runs every file's pipeline concurrently. All files are loaded and built before any runs;
+/// Ctrl-C (or the first pipeline to fail) asks all of them to finish their epoch and stop.
 async fn run_files(files: Vec<PathBuf>, mode: ReadMode) -> anyhow::Result<()> {
     let env = Env::process();
-    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    tokio::spawn(async move {
-        if tokio::signal::ctrl_c().await.is_ok() {
-            eprintln!("interrupted: finishing the in-flight epoch (Ctrl-C again to abort)");
-            let _ = stop_tx.send(true);
-            if tokio::signal::ctrl_c().await.is_ok() {
-                std::process::exit(130);
-            }
-        }
-    });
-    let mut tasks = Vec::new();
-    for file in files {
-        let plan = load_plan(&file, &env).with_context(|| {
+    let mut graphs = Vec::new();
+    let mut names = std::collections::BTreeMap::new();
+    for file in &files {
+        let plan = load_plan(file, &env).with_context(|| {
             format!(
                 "{} is not a valid pipeline (run `lakesync validate`)",
                 file.display()
             )
         })?;
+        if let Some(other) = names.insert(plan.name.clone(), file.clone()) {
+            anyhow::bail!(
+                "{} and {} both define pipeline {:?}: pipeline names must be unique",
+                other.display(),
+                file.display(),
+                plan.name
+            );
+        }
         let graph = lakesync::build::build(&plan)
             .await
             .with_context(|| format!("building pipeline {:?}", plan.name))?;
+        graphs.push(graph);
+    }
+
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let stop_tx = std::sync::Arc::new(stop_tx);
+    let on_signal = stop_tx.clone();
+    tokio::spawn(async move {
+        if tokio::signal::ctrl_c().await.is_ok() {
+            eprintln!("interrupted: finishing the in-flight epoch (Ctrl-C again to abort)");
+            let _ = on_signal.send(true);
+            if tokio::signal::ctrl_c().await.is_ok() {
+                std::process::exit(130);
+            }
+        }
+    });
+    let progress = graphs.len() == 1;
+    let mut tasks = tokio::task::JoinSet::new();
+    for graph in graphs {
         let mut stop = stop_rx.clone();
         let options = RunOptions {
-            mode,
-            progress: true,
+            mode: mode.clone(),
+            progress,
         };
-        tasks.push(tokio::spawn(async move {
+        let name = graph.name.clone();
+        tasks.spawn(async move {
             let shutdown = async move {
                 let _ = stop.wait_for(|s| *s).await;
             };
-            run(graph, options, shutdown).await
-        }));
+            (name, run(graph, options, shutdown).await)
+        });
     }
-    let mut failed = None;
-    for task in tasks {
-        match task.await.context("pipeline task")? {
-            Ok(summary) => print!("{summary}"),
+    let mut failures = 0;
+    while let Some(joined) = tasks.join_next().await {
+        match joined {
+            Ok((_, Ok(summary))) => print!("{summary}"),
+            Ok((name, Err(e))) => {
+                eprintln!("error: pipeline {name:?}: {e}");
+                failures += 1;
+                let _ = stop_tx.send(true);
+            }
             Err(e) => {
-                eprintln!("error: {e}");
-                failed = Some(e);
+                eprintln!("error: a pipeline task panicked: {e}");
+                failures += 1;
+                let _ = stop_tx.send(true);
             }
         }
     }
-    match failed {
-        Some(e) => Err(e.into()),
-        None => Ok(()),
+    if failures > 0 {
+        anyhow::bail!("{failures} pipeline(s) failed");
     }
+    Ok(())
 }
 
 /// The lake of a pipeline's first Iceberg sink.

@@ -57,6 +57,8 @@ pub struct JsonlSource {
     format: JsonlFormat,
     client_id: String,
     time_column: Option<String>,
+    /// The base time of generated HLCs for a read from the beginning.
+    base_ms: u64,
 }
 
 impl JsonlSource {
@@ -76,6 +78,10 @@ impl JsonlSource {
             format,
             client_id: client_id.into(),
             time_column,
+            base_ms: SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map(|d| d.as_millis() as u64)
+                .unwrap_or(0),
         }
     }
 }
@@ -89,16 +95,12 @@ struct Cursor {
 }
 
 impl Cursor {
-    fn from_position(position: Option<&Position>) -> Result<Self> {
+    fn from_position(position: Option<&Position>, base_ms: u64) -> Result<Self> {
         let Some(Position(v)) = position else {
-            let now = SystemTime::now()
-                .duration_since(UNIX_EPOCH)
-                .map(|d| d.as_millis() as u64)
-                .unwrap_or(0);
             return Ok(Self {
                 offset: 0,
                 line: 0,
-                base_ms: now,
+                base_ms,
             });
         };
         let field = |k: &str| {
@@ -128,18 +130,39 @@ impl Source for JsonlSource {
         Ok(vec![self.table.clone()])
     }
 
+    fn start_position(&self) -> Option<Position> {
+        Some(
+            Cursor {
+                offset: 0,
+                line: 0,
+                base_ms: self.base_ms,
+            }
+            .position(),
+        )
+    }
+
     async fn open(&mut self, resume: Option<Position>, mode: ReadMode) -> Result<SourceStream> {
-        let cursor = Cursor::from_position(resume.as_ref())?;
+        let cursor = Cursor::from_position(resume.as_ref(), self.base_ms)?;
+        let until = match &mode {
+            ReadMode::Replay { until } => {
+                Some(Cursor::from_position(Some(until), self.base_ms)?.offset)
+            }
+            _ => None,
+        };
         let reader = LineReader::open(&self.path, cursor.offset)?;
         let state = (self.clone(), reader, cursor, mode);
-        let stream = futures::stream::unfold(Some(state), |state| async move {
+        let stream = futures::stream::unfold(Some(state), move |state| async move {
             let (source, mut reader, cursor, mode) = state?;
             loop {
-                let at_end_ok = matches!(mode, ReadMode::Once);
-                match reader.read_lines(BATCH_LINES, at_end_ok) {
+                let at_end_ok = !matches!(mode, ReadMode::Follow { .. });
+                let max_bytes = until.map_or(u64::MAX, |u| u.saturating_sub(cursor.offset));
+                if max_bytes == 0 {
+                    return None;
+                }
+                match reader.read_lines(BATCH_LINES, at_end_ok, max_bytes) {
                     Err(e) => return Some((Err(e), None)),
                     Ok(lines) if lines.is_empty() => match mode {
-                        ReadMode::Once => return None,
+                        ReadMode::Once | ReadMode::Replay { .. } => return None,
                         ReadMode::Follow { poll_interval } => {
                             tokio::time::sleep(poll_interval).await;
                             if let Err(e) = reader.check_not_truncated() {
@@ -226,10 +249,12 @@ impl LineReader {
         Ok(())
     }
 
-    /// Up to `max` complete lines; a last line without newline only when `take_partial`.
-    fn read_lines(&mut self, max: usize, take_partial: bool) -> Result<Vec<Line>> {
+    /// Up to `max` complete lines within `max_bytes`; a last line without newline only when
+    /// `take_partial`.
+    fn read_lines(&mut self, max: usize, take_partial: bool, max_bytes: u64) -> Result<Vec<Line>> {
         let mut lines = Vec::new();
-        while lines.len() < max {
+        let mut taken = 0u64;
+        while lines.len() < max && taken < max_bytes {
             let mut buf = Vec::new();
             let n = self
                 .reader
@@ -246,6 +271,7 @@ impl LineReader {
                 break;
             }
             self.offset += n as u64;
+            taken += n as u64;
             let text = String::from_utf8(buf).map_err(|_| {
                 Error::invalid(
                     "jsonl source",
@@ -437,6 +463,7 @@ mod tests {
         // Appending and resuming yields only the new line; replaying from the start yields the
         // very same deltas.
         let pos = batches[0].position.clone();
+        let pos_before_append = pos.clone();
         std::fs::OpenOptions::new()
             .append(true)
             .open(&path)
@@ -445,10 +472,25 @@ mod tests {
             .unwrap();
         let more = read_all(&mut src, Some(pos)).await;
         assert_eq!(batch_to_deltas(&more[0].batch).unwrap()[0].row_id, "2");
-        let start =
-            Position(json!({"offset": 0, "line": 0, "base_ms": batches[0].position.0["base_ms"]}));
-        let replay = read_all(&mut src, Some(start)).await;
+        let start = src.start_position();
+        let replay = read_all(&mut src, start).await;
         assert_eq!(batch_to_deltas(&replay[0].batch).unwrap()[..3], deltas[..]);
+        // A bounded replay stops where the original read ended, though the file grew.
+        let bounded: Vec<SourceBatch> = src
+            .open(
+                src.start_position(),
+                ReadMode::Replay {
+                    until: pos_before_append.clone(),
+                },
+            )
+            .await
+            .unwrap()
+            .map(|b| b.unwrap())
+            .collect()
+            .await;
+        assert_eq!(bounded.len(), 1);
+        assert_eq!(bounded[0].position, pos_before_append);
+        assert_eq!(batch_to_deltas(&bounded[0].batch).unwrap(), deltas);
     }
 
     #[tokio::test]

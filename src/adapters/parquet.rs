@@ -152,15 +152,11 @@ impl Sink for ParquetSink {
     }
 
     async fn committed_epoch(&mut self) -> Result<Option<u64>> {
-        let mut min: Option<Option<u64>> = None;
+        let mut newest = None;
         for table in self.tables.keys() {
-            let epoch = self.table_epoch(table).await?;
-            min = Some(match min {
-                None => epoch,
-                Some(m) => m.min(epoch),
-            });
+            newest = newest.max(self.table_epoch(table).await?);
         }
-        Ok(min.flatten())
+        Ok(newest)
     }
 
     async fn write(&mut self, table: &TableRef, batch: RecordBatch) -> Result<()> {
@@ -178,10 +174,12 @@ impl Sink for ParquetSink {
 
     async fn commit(&mut self, epoch: u64) -> Result<CommitStats> {
         let mut stats = CommitStats::default();
-        for (name, batches) in std::mem::take(&mut self.buffers) {
+        let names: Vec<String> = self.buffers.keys().cloned().collect();
+        for name in names {
             let path = self.file(&name, epoch);
             if self.store.head(&path).await.is_ok() {
                 tracing::info!(sink = %self.name, table = %name, epoch, "epoch already committed; dropping replay");
+                self.buffers.remove(&name);
                 continue;
             }
             let table = self
@@ -189,14 +187,22 @@ impl Sink for ParquetSink {
                 .get(&name)
                 .cloned()
                 .ok_or_else(|| Error::internal(format!("table {name} not prepared")))?;
+            let batches = self
+                .buffers
+                .get(&name)
+                .map(Vec::as_slice)
+                .unwrap_or_default();
             let rows: usize = batches.iter().map(RecordBatch::num_rows).sum();
-            let bytes = self.encode(&batches, &table)?;
-            stats.rows += rows as u64;
-            stats.bytes += bytes.len() as u64;
+            let bytes = self.encode(batches, &table)?;
+            let size = bytes.len() as u64;
+            // The buffer is kept until the file is written, so a retried commit writes it again.
             self.store
                 .put(&path, PutPayload::from(bytes))
                 .await
                 .map_err(store_error)?;
+            self.buffers.remove(&name);
+            stats.rows += rows as u64;
+            stats.bytes += size;
         }
         Ok(stats)
     }
@@ -227,6 +233,9 @@ mod tests {
         sink.write(&table, batch.clone()).await.unwrap();
         assert_eq!(sink.commit(2).await.unwrap().rows, 200);
         assert_eq!(sink.committed_epoch().await.unwrap(), Some(2));
+        // A retried commit after a failed one writes the buffer (nothing is lost).
+        sink.write(&table, batch.clone()).await.unwrap();
+        assert_eq!(sink.commit(3).await.unwrap().rows, 200);
         let file = dir.path().join("tasks/p-archive-000000000001.parquet");
         let back = read_parquet(std::fs::read(file).unwrap().into()).unwrap();
         assert_eq!(back[0], batch);

@@ -19,7 +19,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use arrow::array::{Array, AsArray, RecordBatch, StringArray, UInt32Array, UInt64Array};
-use arrow::compute::{concat_batches, take_record_batch};
+use arrow::compute::{interleave_record_batch, take_record_batch};
 use arrow::datatypes::{DataType, Field, Schema};
 
 use crate::kernel::delta::{ColumnDelta, DeltaOp, RowDelta};
@@ -48,12 +48,18 @@ pub struct FilterOperator {
 #[derive(Debug)]
 struct TableState {
     table: TableRef,
-    /// Row state, one row per row id.
-    state: Option<RecordBatch>,
-    /// Row id → row index in `state`.
-    index: HashMap<String, u32>,
+    /// Row state in segments (state batches of the current schema): each batch's merged rows
+    /// are appended as a segment, so an update costs the size of the batch, not of the state.
+    segments: Vec<RecordBatch>,
+    /// Row id → (segment, row) of the row's current state.
+    index: HashMap<String, (u32, u32)>,
+    /// Rows in `segments` that `index` no longer points at; compacted away when they outnumber
+    /// the live rows.
+    stale: usize,
     /// Row id → HLC of the last snapshot emitted for it.
     emitted: HashMap<String, u64>,
+    /// A one-row tombstone of the current schema: the state of a row never seen.
+    tombstone: RecordBatch,
 }
 
 impl FilterOperator {
@@ -66,86 +72,97 @@ impl FilterOperator {
         }
     }
 
-    fn table_state(&mut self, table: &TableRef) -> &mut TableState {
+    fn table_state(&mut self, table: &TableRef) -> Result<&mut TableState> {
+        if !self.tables.contains_key(&table.table) {
+            let never_seen = RowDelta::new(
+                DeltaOp::Delete,
+                table.delta_table(),
+                "",
+                "",
+                vec![],
+                HlcTimestamp(0),
+            );
+            let tombstone = merge(table, None, &[deltas_to_batch(table, &[never_seen])?])?;
+            self.tables.insert(
+                table.table.clone(),
+                TableState {
+                    table: table.clone(),
+                    segments: Vec::new(),
+                    index: HashMap::new(),
+                    stale: 0,
+                    emitted: HashMap::new(),
+                    tombstone,
+                },
+            );
+        }
         self.tables
-            .entry(table.table.clone())
-            .or_insert_with(|| TableState {
-                table: table.clone(),
-                state: None,
-                index: HashMap::new(),
-                emitted: HashMap::new(),
-            })
+            .get_mut(&table.table)
+            .ok_or_else(|| Error::internal("filter table state vanished"))
     }
 }
 
 impl TableState {
-    /// The state rows of `ids` (a tombstone row for ids never seen), aligned with `ids`.
+    /// The state rows of `ids` (the tombstone for ids never seen), aligned with `ids`.
     fn rows(&self, ids: &[&str]) -> Result<RecordBatch> {
-        let tombstone = merge(
-            &self.table,
-            None,
-            &[deltas_to_batch(
-                &self.table,
-                &[RowDelta::new(
-                    DeltaOp::Delete,
-                    self.table.delta_table(),
-                    "",
-                    "",
-                    vec![],
-                    HlcTimestamp(0),
-                )],
-            )?],
-        )?;
-        let padded = match &self.state {
-            Some(s) if s.schema() == tombstone.schema() => {
-                concat_batches(&s.schema(), [s, &tombstone])?
-            }
-            Some(s) => concat_batches(
-                &tombstone.schema(),
-                [&merge(&self.table, Some(s), &[])?, &tombstone],
-            )?,
-            None => tombstone,
-        };
-        let absent = padded.num_rows() as u32 - 1;
-        let indices: UInt32Array = ids
+        let mut sources: Vec<&RecordBatch> = self.segments.iter().collect();
+        sources.push(&self.tombstone);
+        let never_seen = (self.segments.len(), 0);
+        let indices: Vec<(usize, usize)> = ids
             .iter()
-            .map(|id| Some(self.index.get(*id).copied().unwrap_or(absent)))
+            .map(|id| {
+                self.index
+                    .get(*id)
+                    .map_or(never_seen, |&(seg, row)| (seg as usize, row as usize))
+            })
             .collect();
-        Ok(take_record_batch(&padded, &indices)?)
+        Ok(interleave_record_batch(&sources, &indices)?)
     }
 
-    /// Replaces the state of the rows in `after` (a state batch with distinct row ids).
-    fn update(&mut self, after: &RecordBatch) -> Result<()> {
-        // Bring older state up to the current schema (a no-op merge), append the new rows, and
-        // keep the last row per id.
-        let current = match &self.state {
-            Some(s) => merge(&self.table, Some(s), &[])?,
-            None => {
-                self.index = HashMap::new();
-                self.state = Some(after.clone());
-                return self.reindex();
+    /// Records `after` (state rows with distinct ids) as the rows' current state.
+    fn update(&mut self, after: RecordBatch) -> Result<()> {
+        let segment = self.segments.len() as u32;
+        let ids = after.column(0).as_string::<i32>();
+        for i in 0..after.num_rows() {
+            if self
+                .index
+                .insert(ids.value(i).to_string(), (segment, i as u32))
+                .is_some()
+            {
+                self.stale += 1;
             }
-        };
-        let combined = concat_batches(&current.schema(), [&current, after])?;
-        let ids = combined.column(0).as_string::<i32>();
-        let mut latest: HashMap<&str, u32> = HashMap::with_capacity(combined.num_rows());
-        for i in 0..combined.num_rows() {
-            latest.insert(ids.value(i), i as u32);
         }
-        let mut order: Vec<u32> = latest.into_values().collect();
-        order.sort_unstable();
-        self.state = Some(take_record_batch(&combined, &UInt32Array::from(order))?);
-        self.reindex()
+        self.segments.push(after);
+        if self.stale > self.index.len().max(1024) || self.segments.len() > 256 {
+            self.compact()?;
+        }
+        Ok(())
     }
 
-    fn reindex(&mut self) -> Result<()> {
-        let Some(state) = &self.state else {
+    /// Rewrites the live rows into one segment.
+    fn compact(&mut self) -> Result<()> {
+        if self.segments.len() <= 1 && self.stale == 0 {
             return Ok(());
-        };
-        let ids = state.column(0).as_string::<i32>();
-        self.index = (0..state.num_rows())
-            .map(|i| (ids.value(i).to_string(), i as u32))
+        }
+        let mut live: Vec<(&String, (u32, u32))> =
+            self.index.iter().map(|(k, v)| (k, *v)).collect();
+        live.sort_unstable_by_key(|(_, at)| *at);
+        let indices: Vec<(usize, usize)> = live
+            .iter()
+            .map(|(_, (s, r))| (*s as usize, *r as usize))
             .collect();
+        let sources: Vec<&RecordBatch> = self.segments.iter().collect();
+        let merged = if sources.is_empty() {
+            self.tombstone.slice(0, 0)
+        } else {
+            interleave_record_batch(&sources, &indices)?
+        };
+        self.index = live
+            .iter()
+            .enumerate()
+            .map(|(i, (k, _))| ((*k).clone(), (0, i as u32)))
+            .collect();
+        self.segments = vec![merged];
+        self.stale = 0;
         Ok(())
     }
 }
@@ -170,7 +187,7 @@ impl Operator for FilterOperator {
         }
         let filter = self.filter.clone();
         let client_id = self.client_id.clone();
-        let st = self.table_state(table);
+        let st = self.table_state(table)?;
         let row_ids = batch.column(1).as_string::<i32>();
         let mut changed: Vec<&str> = Vec::new();
         let mut seen = std::collections::HashSet::new();
@@ -251,7 +268,7 @@ impl Operator for FilterOperator {
                 HlcTimestamp(hlc),
             ));
         }
-        st.update(&after)?;
+        st.update(after)?;
         if out.is_empty() {
             return Ok(Vec::new());
         }
@@ -260,10 +277,9 @@ impl Operator for FilterOperator {
 
     fn snapshot(&mut self) -> Result<Vec<RecordBatch>> {
         let mut out = Vec::new();
-        for st in self.tables.values() {
-            if let Some(state) = &st.state {
-                out.push(state.clone());
-            }
+        for st in self.tables.values_mut() {
+            st.compact()?;
+            out.extend(st.segments.iter().filter(|s| s.num_rows() > 0).cloned());
             let (ids, hlcs): (Vec<&str>, Vec<u64>) =
                 st.emitted.iter().map(|(k, v)| (k.as_str(), *v)).unzip();
             let schema = Schema::new(vec![
@@ -289,6 +305,8 @@ impl Operator for FilterOperator {
     }
 
     fn restore(&mut self, saved: Vec<RecordBatch>) -> Result<()> {
+        // Saved batches may come back in several chunks; gather them per table and kind first.
+        let mut states: HashMap<String, Vec<RecordBatch>> = HashMap::new();
         for batch in saved {
             let meta = batch.schema().metadata().clone();
             let table = meta
@@ -303,16 +321,26 @@ impl Operator for FilterOperator {
             if meta.contains_key(EMITTED_METADATA_KEY) {
                 let ids = batch.column(0).as_string::<i32>();
                 let hlcs: &UInt64Array = batch.column(1).as_primitive();
-                st.emitted = (0..batch.num_rows())
-                    .map(|i| (ids.value(i).to_string(), hlcs.value(i)))
-                    .collect();
+                st.emitted.extend(
+                    (0..batch.num_rows()).map(|i| (ids.value(i).to_string(), hlcs.value(i))),
+                );
             } else {
-                let ids = batch.column(0).as_string::<i32>();
-                st.index = (0..batch.num_rows())
-                    .map(|i| (ids.value(i).to_string(), i as u32))
-                    .collect();
-                st.state = Some(batch);
+                states.entry(table.clone()).or_default().push(batch);
             }
+        }
+        for (table, chunks) in states {
+            let Some(st) = self.tables.get_mut(&table) else {
+                continue;
+            };
+            let schema = chunks[0].schema();
+            let state = arrow::compute::concat_batches(&schema, &chunks)?;
+            // Saved under an older schema? A merge with nothing brings it up to date.
+            let state = if state.schema() == st.tombstone.schema() {
+                state
+            } else {
+                merge(&st.table, Some(&state), &[])?
+            };
+            st.update(state)?;
         }
         Ok(())
     }
@@ -320,10 +348,176 @@ impl Operator for FilterOperator {
 
 impl FilterOperator {
     /// Registers the tables this operator will see, so saved state can be restored into them.
-    pub fn with_tables(mut self, tables: &[TableRef]) -> Self {
+    pub fn with_tables(mut self, tables: &[TableRef]) -> Result<Self> {
         for t in tables {
-            self.table_state(t);
+            self.table_state(t)?;
         }
-        self
+        Ok(self)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kernel::delta_batch::batch_to_deltas;
+    use crate::kernel::rules::{Claims, SyncRules};
+    use crate::kernel::schema::{ColumnDef, ColumnType};
+    use serde_json::{Value, json};
+
+    fn table() -> TableRef {
+        Arc::new(TableSchema::new(
+            "items",
+            vec![
+                ColumnDef::new("team", ColumnType::String),
+                ColumnDef::new("qty", ColumnType::Integer),
+            ],
+        ))
+    }
+
+    fn operator() -> FilterOperator {
+        let rules = SyncRules::from_value(&json!({"version": 1, "buckets": [
+            {"name": "team", "tables": ["items"], "filters": [{"column": "team", "op": "eq", "value": "jwt:team"}]}
+        ]}))
+        .unwrap();
+        FilterOperator::new(
+            "red",
+            ClientFilter::new(
+                &rules,
+                &Claims::new().with("sub", ["u"]).with("team", ["red"]),
+            ),
+        )
+        .with_tables(&[table()])
+        .unwrap()
+    }
+
+    fn delta(op: DeltaOp, row: &str, hlc: u64, cols: &[(&str, Value)]) -> RowDelta {
+        let cols = cols
+            .iter()
+            .map(|(c, v)| ColumnDelta::new(*c, v.clone()))
+            .collect();
+        RowDelta::new(op, "items", row, "writer", cols, HlcTimestamp(hlc))
+    }
+
+    fn run(op: &mut FilterOperator, deltas: &[RowDelta]) -> Vec<RowDelta> {
+        let t = table();
+        let ctx = OpContext { now_ms: 0 };
+        op.process(&t, deltas_to_batch(&t, deltas).unwrap(), &ctx)
+            .unwrap()
+            .iter()
+            .flat_map(|b| batch_to_deltas(b).unwrap())
+            .collect()
+    }
+
+    #[test]
+    fn rows_enter_whole_leave_as_deletes_and_hlcs_increase() {
+        let mut op = operator();
+        let out = run(
+            &mut op,
+            &[delta(
+                DeltaOp::Insert,
+                "a",
+                10,
+                &[("team", json!("blue")), ("qty", json!(1))],
+            )],
+        );
+        assert!(out.is_empty(), "a blue row is invisible");
+        // An update that carries only qty does not move it in.
+        assert!(
+            run(
+                &mut op,
+                &[delta(DeltaOp::Update, "a", 11, &[("qty", json!(2))])]
+            )
+            .is_empty()
+        );
+        // Moving to red: the whole row arrives.
+        let out = run(
+            &mut op,
+            &[delta(DeltaOp::Update, "a", 12, &[("team", json!("red"))])],
+        );
+        assert_eq!(out.len(), 1);
+        assert_eq!(out[0].op, DeltaOp::Insert);
+        assert_eq!(
+            out[0].columns,
+            vec![
+                ColumnDelta::new("team", json!("red")),
+                ColumnDelta::new("qty", json!(2))
+            ]
+        );
+        // An update without the filtered column is forwarded (as a snapshot).
+        let out = run(
+            &mut op,
+            &[delta(DeltaOp::Update, "a", 13, &[("qty", json!(3))])],
+        );
+        assert_eq!(out[0].value("qty"), Some(&json!(3)));
+        let before = out[0].hlc;
+        // A late write (older HLC) loses to the newer team value; the row's snapshot is sent
+        // again with a strictly newer HLC.
+        let out = run(
+            &mut op,
+            &[delta(DeltaOp::Update, "a", 5, &[("team", json!("blue"))])],
+        );
+        assert_eq!(out[0].value("team"), Some(&json!("red")));
+        assert!(out[0].hlc > before);
+        let before = out[0].hlc;
+        let out = run(&mut op, &[delta(DeltaOp::Delete, "a", 14, &[])]);
+        assert_eq!(out.len(), 1);
+        assert_eq!(out[0].op, DeltaOp::Delete);
+        assert!(out[0].hlc > before);
+    }
+
+    #[test]
+    fn snapshot_and_restore_continue_identically() {
+        let mut first = operator();
+        run(
+            &mut first,
+            &[
+                delta(
+                    DeltaOp::Insert,
+                    "a",
+                    10,
+                    &[("team", json!("red")), ("qty", json!(1))],
+                ),
+                delta(
+                    DeltaOp::Insert,
+                    "b",
+                    10,
+                    &[("team", json!("blue")), ("qty", json!(1))],
+                ),
+            ],
+        );
+        let saved = first.snapshot().unwrap();
+        let mut second = operator();
+        second.restore(saved).unwrap();
+        let next = [
+            delta(DeltaOp::Update, "b", 20, &[("team", json!("red"))]),
+            delta(DeltaOp::Update, "a", 20, &[("team", json!("blue"))]),
+        ];
+        assert_eq!(run(&mut first, &next), run(&mut second, &next));
+    }
+
+    #[test]
+    fn many_batches_compact_without_changing_results() {
+        let mut op = operator();
+        let mut visible = 0;
+        for round in 0..400u64 {
+            let deltas: Vec<RowDelta> = (0..10)
+                .map(|k| {
+                    let team = if (round + k) % 3 == 0 { "red" } else { "blue" };
+                    delta(
+                        DeltaOp::Update,
+                        &format!("r{k}"),
+                        100 + round,
+                        &[("team", json!(team))],
+                    )
+                })
+                .collect();
+            for d in run(&mut op, &deltas) {
+                visible += if d.op == DeltaOp::Insert { 0 } else { 1 };
+            }
+        }
+        let st = &op.tables["items"];
+        assert_eq!(st.index.len(), 10);
+        assert!(st.segments.len() <= 257);
+        assert!(visible > 0);
     }
 }

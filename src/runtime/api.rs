@@ -7,7 +7,7 @@
 //! per pipeline). For epoch `e` it writes every batch to every sink, then calls
 //! [`Sink::commit`]`(e)`; each sink makes the writes durable *atomically with a mark that it has
 //! committed `e`* (an Iceberg snapshot property, a row in the same SQLite transaction, …). Only
-//! when every sink has committed `e` does the runtime record the source position reached by `e`
+//! when every required sink has committed `e` does the runtime record the source position reached by `e`
 //! in its checkpoint store. After a crash the runtime re-reads from the last recorded position;
 //! a sink whose [`Sink::committed_epoch`] is already at or past a replayed epoch drops that
 //! epoch's writes instead of committing them twice. Sources must therefore replay the same
@@ -33,7 +33,7 @@ pub type TableRef = Arc<TableSchema>;
 pub struct Position(pub serde_json::Value);
 
 /// How long a source reads.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq)]
 pub enum ReadMode {
     /// Read what is there now, then end the stream (`lakesync run --once`).
     Once,
@@ -41,6 +41,14 @@ pub enum ReadMode {
     Follow {
         /// How often to look for new data.
         poll_interval: std::time::Duration,
+    },
+    /// Re-read a crashed epoch: read like `Once`, but stop after the batch that reaches
+    /// `until` (a position this source produced before), so the replay is exactly the
+    /// original even if more data has arrived since. Sources that cannot bound a read treat
+    /// this as `Once`; the runtime then checks that the replay ended at `until`.
+    Replay {
+        /// The position the original epoch ended at.
+        until: Position,
     },
 }
 
@@ -66,6 +74,13 @@ pub trait Source: Debug + Send {
 
     /// The tables this source produces, with their schemas (may connect to find out).
     async fn tables(&mut self) -> Result<Vec<TableRef>>;
+
+    /// The position "before everything", when the source has one worth remembering (e.g. a
+    /// file source's fixed base time); the runtime records it as the first epoch's start so a
+    /// replay of that epoch starts exactly where the original did.
+    fn start_position(&self) -> Option<Position> {
+        None
+    }
 
     /// Starts reading after `resume` (from the beginning when `None`).
     async fn open(&mut self, resume: Option<Position>, mode: ReadMode) -> Result<SourceStream>;
@@ -126,8 +141,15 @@ pub trait Sink: Debug + Send {
     /// before any write, and again when a table's schema evolves.
     async fn prepare(&mut self, tables: &[TableRef]) -> Result<()>;
 
-    /// The last epoch this sink committed for its pipeline, read from the sink's own storage.
+    /// The newest epoch this sink committed for its pipeline (for any of its tables), read from
+    /// the sink's own storage. The runtime numbers new epochs above it; deciding whether a
+    /// replayed epoch is already held is [`Sink::commit`]'s job, table by table.
     async fn committed_epoch(&mut self) -> Result<Option<u64>>;
+
+    /// Called before the writes of each epoch with the epoch's time (milliseconds since the Unix
+    /// epoch), fixed when the epoch was planned and the same on a replay. Sinks that route by
+    /// time (tiering) use it instead of a clock.
+    fn begin_epoch(&mut self, _epoch: u64, _now_ms: u64) {}
 
     /// Accepts a delta batch of `table` for the epoch being written. May buffer.
     async fn write(&mut self, table: &TableRef, batch: RecordBatch) -> Result<()>;

@@ -7,7 +7,9 @@
 //!   sink has committed it. After a crash, a planned but uncommitted epoch is replayed exactly —
 //!   the same batches from the same start — so sinks that had committed it recognise it and drop
 //!   it, and the others receive precisely what they missed.
-//! - `epoch_sources(epoch, source, start, batches, end)`.
+//! - `epoch_sources(epoch, source, start, batches, end_position)`: every source with a known
+//!   position, including those that contributed no batches (start = end), so no source ever
+//!   loses its place.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -35,6 +37,9 @@ pub struct SourceSpan {
 pub struct EpochPlan {
     /// The epoch number (1, 2, …).
     pub epoch: u64,
+    /// The epoch's time (milliseconds since the Unix epoch), fixed at planning: operators and
+    /// time-routing sinks see this time, on the first run and on a replay alike.
+    pub now_ms: u64,
     /// Per source name.
     pub sources: BTreeMap<String, SourceSpan>,
 }
@@ -69,7 +74,7 @@ impl CheckpointStore {
             .await
             .map_err(db_error)?;
         for ddl in [
-            "CREATE TABLE IF NOT EXISTS epochs (epoch INTEGER PRIMARY KEY, committed INTEGER NOT NULL DEFAULT 0, planned_at TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ','now')), committed_at TEXT)",
+            "CREATE TABLE IF NOT EXISTS epochs (epoch INTEGER PRIMARY KEY, committed INTEGER NOT NULL DEFAULT 0, now_ms INTEGER NOT NULL DEFAULT 0, planned_at TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ','now')), committed_at TEXT)",
             "CREATE TABLE IF NOT EXISTS epoch_sources (epoch INTEGER NOT NULL, source TEXT NOT NULL, start TEXT, batches INTEGER NOT NULL, end_position TEXT, PRIMARY KEY (epoch, source))",
         ] {
             sqlx::query(ddl).execute(&pool).await.map_err(db_error)?;
@@ -104,6 +109,11 @@ impl CheckpointStore {
     }
 
     async fn plan(&self, epoch: u64) -> Result<EpochPlan> {
+        let now_ms: i64 = sqlx::query_scalar("SELECT now_ms FROM epochs WHERE epoch = ?")
+            .bind(epoch as i64)
+            .fetch_one(&self.pool)
+            .await
+            .map_err(db_error)?;
         let rows = sqlx::query(
             "SELECT source, start, batches, end_position FROM epoch_sources WHERE epoch = ?",
         )
@@ -130,7 +140,11 @@ impl CheckpointStore {
                 },
             );
         }
-        Ok(EpochPlan { epoch, sources })
+        Ok(EpochPlan {
+            epoch,
+            now_ms: now_ms as u64,
+            sources,
+        })
     }
 
     /// Records `plan` as planned (write-ahead), replacing an uncommitted plan of the same number.
@@ -142,8 +156,9 @@ impl CheckpointStore {
             .execute(&mut *tx)
             .await
             .map_err(db_error)?;
-        sqlx::query("INSERT OR REPLACE INTO epochs (epoch, committed) VALUES (?, 0)")
+        sqlx::query("INSERT OR REPLACE INTO epochs (epoch, committed, now_ms) VALUES (?, 0, ?)")
             .bind(epoch)
+            .bind(plan.now_ms as i64)
             .execute(&mut *tx)
             .await
             .map_err(db_error)?;
@@ -193,6 +208,7 @@ mod tests {
         assert_eq!(store.last_committed().await.unwrap(), None);
         let plan = |epoch, end| EpochPlan {
             epoch,
+            now_ms: 1_700_000_000_000 + epoch,
             sources: [(
                 "s".to_string(),
                 SourceSpan {

@@ -6,5 +6,6 @@
 
 pub mod api;
 pub mod checkpoint;
+pub mod migrate;
 pub mod pipeline;
 pub mod tier;

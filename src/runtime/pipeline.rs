@@ -28,7 +28,7 @@ use futures::stream::SelectAll;
 
 use crate::kernel::parquet_io::{read_parquet, write_parquet};
 use crate::runtime::api::{
-    OpContext, Operator, Position, ReadMode, Sink, Source, SourceBatch, SourceStream, TableRef,
+    OpContext, Operator, Position, ReadMode, Sink, Source, SourceBatch, SourceStream,
 };
 use crate::runtime::checkpoint::{CheckpointStore, EpochPlan, SourceSpan};
 use crate::{Error, Result};
@@ -105,7 +105,7 @@ pub struct PipelineGraph {
 }
 
 /// How to run.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 pub struct RunOptions {
     /// `Once` for a one-shot backfill, `Follow` for streaming.
     pub mode: ReadMode,
@@ -189,6 +189,19 @@ pub async fn run(
 ) -> Result<RunSummary> {
     let started = Instant::now();
     let store = CheckpointStore::open(&graph.state_dir).await?;
+    // One run per state directory: a second would plan the same epochs with other data.
+    let lock_path = graph.state_dir.join("lock");
+    let lock = std::fs::File::create(&lock_path).map_err(|e| fs_error(&lock_path, e))?;
+    lock.try_lock().map_err(|_| {
+        Error::invalid(
+            "pipeline",
+            format!(
+                "pipeline {:?} is already running (its state directory {} is locked)",
+                graph.name,
+                graph.state_dir.display()
+            ),
+        )
+    })?;
     let mut summary = RunSummary {
         pipeline: graph.name.clone(),
         ..Default::default()
@@ -210,6 +223,7 @@ pub async fn run(
 
     let last = store.last_committed().await?;
     let mut epoch = last.as_ref().map_or(0, |p| p.epoch);
+    restore_operators(&graph.state_dir, &mut graph.operators, epoch)?;
     // Sinks keep their own epoch marks. If they are ahead of the checkpoint store (its state
     // directory was lost or reset), number new epochs after their marks, or the sinks would
     // take new data for replays and drop it. The sources start over from the checkpoint.
@@ -221,7 +235,6 @@ pub async fn run(
         tracing::warn!(pipeline = %graph.name, checkpoint = epoch, sinks = marks, "sinks have committed epochs the checkpoint store does not know; numbering new epochs after them");
         epoch = marks;
     }
-    restore_operators(&graph.state_dir, &mut graph.operators, epoch)?;
     let mut positions: Vec<Option<Position>> = graph
         .sources
         .iter()
@@ -229,10 +242,12 @@ pub async fn run(
             last.as_ref()
                 .and_then(|p| p.sources.get(s.name()))
                 .and_then(|span| span.end.clone())
+                .or_else(|| s.start_position())
         })
         .collect();
 
-    // Replay an epoch a crash left planned but uncommitted.
+    // Replay an epoch a crash left planned but uncommitted: each source re-reads from the
+    // epoch's start up to exactly where the epoch ended.
     if let Some(plan) = store.pending().await? {
         tracing::warn!(pipeline = %graph.name, epoch = plan.epoch, "replaying an epoch left uncommitted by an earlier run");
         let mut batches = Vec::new();
@@ -240,8 +255,14 @@ pub async fn run(
             let Some(span) = plan.sources.get(source.name()) else {
                 continue;
             };
-            let mut stream = source.open(span.start.clone(), ReadMode::Once).await?;
-            for _ in 0..span.batches {
+            positions[i] = span.start.clone();
+            let (true, Some(end)) = (span.batches > 0, span.end.clone()) else {
+                continue;
+            };
+            let mut stream = source
+                .open(span.start.clone(), ReadMode::Replay { until: end.clone() })
+                .await?;
+            loop {
                 let batch = stream.next().await.ok_or_else(|| {
                     Error::invalid(
                         "source",
@@ -252,28 +273,18 @@ pub async fn run(
                         ),
                     )
                 })??;
+                let reached = batch.position == end;
                 batches.push((i, batch));
-            }
-            let reached = batches
-                .iter()
-                .rev()
-                .find(|(j, _)| *j == i)
-                .map(|(_, b)| b.position.clone());
-            if span.batches > 0 && reached != span.end {
-                return Err(Error::invalid(
-                    "source",
-                    format!(
-                        "source {:?} did not replay epoch {} to the same position: its input changed",
-                        source.name(),
-                        plan.epoch
-                    ),
-                ));
+                if reached {
+                    break;
+                }
             }
         }
         commit_epoch(
             &mut graph,
             &store,
             plan.epoch,
+            plan.now_ms,
             batches,
             &mut positions,
             &mut summary,
@@ -283,11 +294,11 @@ pub async fn run(
         summary.replayed = true;
     }
 
-    let mode = options.mode;
+    let mode = options.mode.clone();
     let mut streams: SelectAll<futures::stream::BoxStream<'static, (usize, Result<SourceBatch>)>> =
         SelectAll::new();
     for (i, source) in graph.sources.iter_mut().enumerate() {
-        let stream: SourceStream = source.open(positions[i].clone(), mode).await?;
+        let stream: SourceStream = source.open(positions[i].clone(), mode.clone()).await?;
         streams.push(stream.map(move |b| (i, b)).boxed());
     }
     let progress = Progress::new(options.progress, &graph.name);
@@ -331,6 +342,7 @@ pub async fn run(
                 &mut graph,
                 &store,
                 epoch,
+                now_ms(),
                 std::mem::take(&mut buffered),
                 &mut positions,
                 &mut summary,
@@ -346,7 +358,15 @@ pub async fn run(
     progress.finish();
     summary.last_epoch = epoch;
     summary.elapsed = started.elapsed();
+    drop(lock);
     Ok(summary)
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
 }
 
 async fn sleep_until(deadline: Option<Instant>) {
@@ -367,16 +387,21 @@ fn root_source(operators: &[OperatorNode], mut node: NodeRef) -> usize {
 }
 
 /// Plans, processes, commits and records one epoch.
+#[allow(clippy::too_many_arguments)]
 async fn commit_epoch(
     graph: &mut PipelineGraph,
     store: &CheckpointStore,
     epoch: u64,
+    now_ms: u64,
     batches: Vec<(usize, SourceBatch)>,
     positions: &mut [Option<Position>],
     summary: &mut RunSummary,
 ) -> Result<()> {
+    // Every source with a known place is in the plan — those that contributed nothing too
+    // (start = end) — so none loses its position when older plans are forgotten.
     let mut plan = EpochPlan {
         epoch,
+        now_ms,
         sources: BTreeMap::new(),
     };
     for (i, source) in graph.sources.iter().enumerate() {
@@ -385,7 +410,11 @@ async fn commit_epoch(
             .filter(|(j, _)| *j == i)
             .map(|(_, b)| b)
             .collect();
-        if taken.is_empty() {
+        let end = taken
+            .last()
+            .map(|b| b.position.clone())
+            .or_else(|| positions[i].clone());
+        if taken.is_empty() && end.is_none() {
             continue;
         }
         plan.sources.insert(
@@ -393,18 +422,17 @@ async fn commit_epoch(
             SourceSpan {
                 start: positions[i].clone(),
                 batches: taken.len() as u64,
-                end: taken.last().map(|b| b.position.clone()),
+                end,
             },
         );
     }
     store.record_planned(&plan).await?;
 
-    let ctx = OpContext {
-        now_ms: SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_millis() as u64)
-            .unwrap_or(0),
-    };
+    let ctx = OpContext { now_ms };
+    for node in &mut graph.sinks {
+        node.sink.begin_epoch(epoch, now_ms);
+    }
+    let mut write_failed = vec![false; graph.sinks.len()];
     for (i, batch) in &batches {
         let mut outputs: BTreeMap<NodeRef, Vec<RecordBatch>> = BTreeMap::new();
         outputs.insert(NodeRef::Source(*i), vec![batch.batch.clone()]);
@@ -418,14 +446,33 @@ async fn commit_epoch(
             }
             outputs.insert(NodeRef::Operator(k), out);
         }
-        for node in &mut graph.sinks {
+        for (s, node) in graph.sinks.iter_mut().enumerate() {
+            if write_failed[s] {
+                continue;
+            }
             for b in outputs.get(&node.input).into_iter().flatten() {
-                write_with_policy(node, &batch.table, b.clone()).await?;
+                match node.sink.write(&batch.table, b.clone()).await {
+                    Ok(()) => {}
+                    Err(e) if !node.required => {
+                        tracing::error!(sink = %node.name, epoch, error = %e, "best-effort sink rejected a write; it skips this epoch");
+                        write_failed[s] = true;
+                        break;
+                    }
+                    Err(e) => return Err(e),
+                }
             }
         }
     }
 
-    for node in &mut graph.sinks {
+    for (s, node) in graph.sinks.iter_mut().enumerate() {
+        let entry = summary.sinks.entry(node.name.clone()).or_default();
+        if write_failed[s] {
+            // Not committed, so the epoch is not marked in this sink: what it buffered before
+            // the failure goes out with its next successful commit, and the rest of this epoch
+            // is lost to this best-effort sink (counted as a failure).
+            entry.failures += 1;
+            continue;
+        }
         let mut attempt = 0;
         let result = loop {
             attempt += 1;
@@ -438,7 +485,6 @@ async fn commit_epoch(
                 Err(e) => break Err(e),
             }
         };
-        let entry = summary.sinks.entry(node.name.clone()).or_default();
         match result {
             Ok(stats) => {
                 entry.rows += stats.rows;
@@ -447,7 +493,7 @@ async fn commit_epoch(
             }
             Err(e) if !node.required => {
                 entry.failures += 1;
-                tracing::error!(sink = %node.name, epoch, error = %e, "best-effort sink failed to commit; its data for this epoch is skipped");
+                tracing::error!(sink = %node.name, epoch, error = %e, "best-effort sink failed to commit this epoch");
             }
             Err(e) => {
                 return Err(Error::External {
@@ -474,21 +520,6 @@ async fn commit_epoch(
     summary.epochs += 1;
     tracing::info!(pipeline = %graph.name, epoch, batches = batches.len(), "epoch committed");
     Ok(())
-}
-
-async fn write_with_policy(
-    node: &mut SinkNode,
-    table: &TableRef,
-    batch: RecordBatch,
-) -> Result<()> {
-    match node.sink.write(table, batch).await {
-        Ok(()) => Ok(()),
-        Err(e) if !node.required => {
-            tracing::warn!(sink = %node.name, error = %e, "best-effort sink rejected a write");
-            Ok(())
-        }
-        Err(e) => Err(e),
-    }
 }
 
 fn is_retryable(e: &Error) -> bool {
@@ -519,10 +550,16 @@ fn save_operators(
         for (k, batch) in batches.iter().enumerate() {
             let file = path.with_extension(format!("{k}.parquet"));
             let tmp = file.with_extension("tmp");
-            std::fs::write(&tmp, write_parquet(std::slice::from_ref(batch))?)
+            // Durable before the epoch is recorded: write, sync, rename, sync the directory.
+            let mut out = std::fs::File::create(&tmp).map_err(|e| fs_error(&tmp, e))?;
+            std::io::Write::write_all(&mut out, &write_parquet(std::slice::from_ref(batch))?)
                 .map_err(|e| fs_error(&tmp, e))?;
+            out.sync_all().map_err(|e| fs_error(&tmp, e))?;
             std::fs::rename(&tmp, &file).map_err(|e| fs_error(&file, e))?;
         }
+        std::fs::File::open(dir)
+            .and_then(|d| d.sync_all())
+            .map_err(|e| fs_error(dir, e))?;
     }
     Ok(())
 }

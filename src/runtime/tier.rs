@@ -2,8 +2,9 @@
 //! sink.
 //!
 //! A delta whose HLC wall clock is at most `max_age` old when it is written goes to the hot
-//! sink; an older one goes to the cold sink. Age is measured against the clock given to the
-//! tier (the system clock by default), never against data. Both inner sinks are committed with
+//! sink; an older one goes to the cold sink. Age is measured against the epoch's time, fixed
+//! when the runtime planned the epoch (so a replay routes exactly as the original did), or the
+//! tier's clock outside the runtime — never against data. Both inner sinks are committed with
 //! the same epoch, so tiering keeps the exactly-once guarantee of each.
 
 use std::sync::Arc;
@@ -25,6 +26,8 @@ pub struct TierSink {
     hot: Box<dyn Sink>,
     cold: Box<dyn Sink>,
     clock: Arc<dyn WallClock>,
+    /// The current epoch's time, set by `begin_epoch`; the clock is the fallback.
+    epoch_now_ms: Option<u64>,
 }
 
 impl std::fmt::Debug for TierSink {
@@ -52,6 +55,7 @@ impl TierSink {
             hot,
             cold,
             clock: Arc::new(SystemClock),
+            epoch_now_ms: None,
         }
     }
 
@@ -67,10 +71,8 @@ impl TierSink {
             .column_by_name(HLC)
             .and_then(|c| c.as_primitive_opt::<arrow::datatypes::UInt64Type>())
             .ok_or_else(|| Error::invalid("tier", "batch has no UInt64 _hlc column"))?;
-        let cutoff = self
-            .clock
-            .now_ms()
-            .saturating_sub(self.max_age.as_millis() as u64);
+        let now = self.epoch_now_ms.unwrap_or_else(|| self.clock.now_ms());
+        let cutoff = now.saturating_sub(self.max_age.as_millis() as u64);
         Ok(hlc
             .iter()
             .map(|h| h.map(|h| HlcTimestamp(h).wall_ms() >= cutoff))
@@ -94,7 +96,14 @@ impl Sink for TierSink {
             self.hot.committed_epoch().await?,
             self.cold.committed_epoch().await?,
         );
-        Ok(hot.min(cold))
+        Ok(hot.max(cold))
+    }
+
+    fn begin_epoch(&mut self, epoch: u64, now_ms: u64) {
+        // Route by the epoch's planned time, so a replay routes exactly as the original did.
+        self.epoch_now_ms = Some(now_ms);
+        self.hot.begin_epoch(epoch, now_ms);
+        self.cold.begin_epoch(epoch, now_ms);
     }
 
     async fn write(&mut self, table: &TableRef, batch: RecordBatch) -> Result<()> {

@@ -7,6 +7,7 @@ mod cli;
 mod config;
 mod golden;
 mod iceberg;
+mod migrate;
 mod resume;
 mod services;
 mod sqlite;

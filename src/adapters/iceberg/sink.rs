@@ -26,9 +26,8 @@
 //! The epoch mark of a table is the newest `lakesync.epoch` found by walking the current
 //! snapshot and its parents for this pipeline and sink, or the table property if larger. The
 //! property is what keeps the mark when old snapshots are expired; the summary is what tools
-//! show. [`Sink::committed_epoch`] is the minimum mark over the prepared tables (`None` while any
-//! has none): a table that has received no rows yet holds it back, which is safe, since each
-//! table drops replays by its own mark.
+//! show. [`Sink::committed_epoch`] is the newest mark over the prepared tables (the runtime numbers
+//! new epochs above it); each table drops replays by its own mark.
 //!
 //! A commit that loses a race with another writer (`CatalogCommitConflicts`) is retried by
 //! iceberg-rust (its table's `commit.retry.*` properties) and then, up to
@@ -522,15 +521,12 @@ impl Sink for IcebergSink {
     }
 
     async fn committed_epoch(&mut self) -> Result<Option<u64>> {
-        let mut lowest: Option<u64> = None;
+        let mut newest: Option<u64> = None;
         for state in self.tables.values() {
             let table = self.load(&state.ident).await?;
-            match epoch_mark(table.metadata(), &self.pipeline, &self.sink)? {
-                None => return Ok(None),
-                Some(mark) => lowest = Some(lowest.map_or(mark, |l| l.min(mark))),
-            }
+            newest = newest.max(epoch_mark(table.metadata(), &self.pipeline, &self.sink)?);
         }
-        Ok(lowest)
+        Ok(newest)
     }
 
     async fn write(&mut self, table: &TableRef, batch: RecordBatch) -> Result<()> {

@@ -646,13 +646,15 @@ impl Reader {
             }
             if !self.catching_up {
                 if self.cycles > 0 {
-                    match self.mode {
-                        ReadMode::Once => {
+                    match &self.mode {
+                        // A bounded replay is read like `Once`; the runtime checks it ended
+                        // where the original epoch did.
+                        ReadMode::Once | ReadMode::Replay { .. } => {
                             self.done = true;
                             continue;
                         }
                         ReadMode::Follow { poll_interval } => {
-                            tokio::time::sleep(poll_interval).await
+                            tokio::time::sleep(*poll_interval).await
                         }
                     }
                 }
