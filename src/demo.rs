@@ -6,7 +6,7 @@
 //! merge, evaluates the sync rules in `examples/sync-rules.json` for a few clients, and writes
 //! the deltas and the state as Parquet files that any Parquet reader can open.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use arrow::array::{AsArray, RecordBatch};
@@ -18,7 +18,7 @@ use crate::kernel::parquet_io::{read_parquet, write_parquet};
 use crate::kernel::rules::{Claims, ClientFilter, SyncRules};
 use crate::kernel::state::DELETED;
 use crate::synth::{Workload, tasks_schema};
-use crate::{Error, Result};
+use crate::{Error, Result, fs_error};
 
 /// The sync rules the demo evaluates.
 pub const DEMO_RULES: &str = include_str!("../examples/sync-rules.json");
@@ -115,7 +115,7 @@ pub fn run(options: &DemoOptions) -> Result<DemoSummary> {
         visible.push((who.to_string(), mask.true_count()));
     }
 
-    std::fs::create_dir_all(&options.out_dir).map_err(|e| io_error(&options.out_dir, e))?;
+    std::fs::create_dir_all(&options.out_dir).map_err(|e| fs_error(&options.out_dir, e))?;
     let mut files = Vec::new();
     let all_deltas = concat_batches(&delta_schema(&table), &batches)?;
     for (name, batch) in [
@@ -124,7 +124,7 @@ pub fn run(options: &DemoOptions) -> Result<DemoSummary> {
     ] {
         let bytes = write_parquet(std::slice::from_ref(batch))?;
         let path = options.out_dir.join(name);
-        std::fs::write(&path, &bytes).map_err(|e| io_error(&path, e))?;
+        std::fs::write(&path, &bytes).map_err(|e| fs_error(&path, e))?;
         let back: usize = read_parquet(bytes.clone())?
             .iter()
             .map(RecordBatch::num_rows)
@@ -149,15 +149,6 @@ pub fn run(options: &DemoOptions) -> Result<DemoSummary> {
         to_arrow,
         merge: merge_time,
     })
-}
-
-fn io_error(path: &Path, e: std::io::Error) -> Error {
-    Error::External {
-        system: "filesystem",
-        message: format!("{}: {e}", path.display()),
-        retryable: false,
-        source: Some(Box::new(e)),
-    }
 }
 
 impl std::fmt::Display for DemoSummary {

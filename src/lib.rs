@@ -18,3 +18,18 @@ pub mod ops;
 pub mod query;
 pub mod runtime;
 pub mod synth;
+
+/// An [`Error::External`] for a failed filesystem operation on `path`; transient kinds
+/// (interrupted, timed out) are retryable.
+pub(crate) fn fs_error(path: &std::path::Path, e: std::io::Error) -> Error {
+    use std::io::ErrorKind as Kind;
+    Error::External {
+        system: "filesystem",
+        message: format!("{}: {e}", path.display()),
+        retryable: matches!(
+            e.kind(),
+            Kind::Interrupted | Kind::TimedOut | Kind::WouldBlock
+        ),
+        source: Some(Box::new(e)),
+    }
+}

@@ -31,7 +31,7 @@ use crate::kernel::delta::{ColumnDelta, DeltaOp, RowDelta};
 use crate::kernel::delta_batch::{deltas_to_batch, parse_timestamp};
 use crate::kernel::hlc::HlcTimestamp;
 use crate::runtime::api::{Position, ReadMode, Source, SourceBatch, SourceStream, TableRef};
-use crate::{Error, Result};
+use crate::{Error, Result, fs_error};
 
 /// Lines per emitted batch.
 const BATCH_LINES: usize = 8192;
@@ -225,7 +225,7 @@ impl LineReader {
             ));
         }
         file.seek(SeekFrom::Start(offset))
-            .map_err(|e| io(path, e))?;
+            .map_err(|e| fs_error(path, e))?;
         Ok(Self {
             path: path.into(),
             reader: BufReader::new(file),
@@ -236,7 +236,7 @@ impl LineReader {
     fn check_not_truncated(&self) -> Result<()> {
         let len = std::fs::metadata(&self.path)
             .map(|m| m.len())
-            .map_err(|e| io(&self.path, e))?;
+            .map_err(|e| fs_error(&self.path, e))?;
         if len < self.offset {
             return Err(Error::invalid(
                 "jsonl source",
@@ -259,7 +259,7 @@ impl LineReader {
             let n = self
                 .reader
                 .read_until(b'\n', &mut buf)
-                .map_err(|e| io(&self.path, e))?;
+                .map_err(|e| fs_error(&self.path, e))?;
             if n == 0 {
                 break;
             }
@@ -267,7 +267,7 @@ impl LineReader {
                 // An incomplete last line: give it back and wait for the rest.
                 self.reader
                     .seek(SeekFrom::Start(self.offset))
-                    .map_err(|e| io(&self.path, e))?;
+                    .map_err(|e| fs_error(&self.path, e))?;
                 break;
             }
             self.offset += n as u64;
@@ -284,15 +284,6 @@ impl LineReader {
             });
         }
         Ok(lines)
-    }
-}
-
-fn io(path: &Path, e: std::io::Error) -> Error {
-    Error::External {
-        system: "filesystem",
-        message: format!("{}: {e}", path.display()),
-        retryable: true,
-        source: Some(Box::new(e)),
     }
 }
 

@@ -26,7 +26,7 @@ use crate::kernel::delta_batch::HLC;
 use crate::kernel::hlc::HlcTimestamp;
 use crate::kernel::parquet_io::read_parquet;
 use crate::runtime::api::TableRef;
-use crate::{Error, Result};
+use crate::{Error, Result, fs_error};
 
 /// What one tier's migration did.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -151,13 +151,4 @@ fn all_older(batch: &RecordBatch, cutoff_ms: u64) -> bool {
                 .iter()
                 .all(|&h| HlcTimestamp(h).wall_ms() < cutoff_ms)
         })
-}
-
-fn fs_error(path: &Path, e: std::io::Error) -> Error {
-    Error::External {
-        system: "filesystem",
-        message: format!("{}: {e}", path.display()),
-        retryable: false,
-        source: Some(Box::new(e)),
-    }
 }

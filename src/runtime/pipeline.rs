@@ -31,7 +31,7 @@ use crate::runtime::api::{
     OpContext, Operator, Position, ReadMode, Sink, Source, SourceBatch, SourceStream,
 };
 use crate::runtime::checkpoint::{CheckpointStore, EpochPlan, SourceSpan};
-use crate::{Error, Result};
+use crate::{Error, Result, fs_error};
 
 /// When to close an epoch.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -605,15 +605,6 @@ fn remove_old_operator_state(state_dir: &std::path::Path, operators: &[OperatorN
         if stale {
             let _ = std::fs::remove_file(entry.path());
         }
-    }
-}
-
-fn fs_error(path: &std::path::Path, e: std::io::Error) -> Error {
-    Error::External {
-        system: "filesystem",
-        message: format!("{}: {e}", path.display()),
-        retryable: false,
-        source: Some(Box::new(e)),
     }
 }
 
