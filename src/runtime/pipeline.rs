@@ -22,7 +22,7 @@ use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use arrow::array::RecordBatch;
+use arrow::array::{AsArray, RecordBatch};
 use futures::StreamExt;
 use futures::stream::SelectAll;
 
@@ -327,7 +327,7 @@ pub async fn run(
                 .source_rows
                 .entry(graph.sources[i].name().to_string())
                 .or_default() += batch.batch.num_rows() as u64;
-            progress.read(batch.batch.num_rows());
+            progress.read(batch.batch.num_rows(), newest_wall_ms(&batch.batch));
             oldest.get_or_insert_with(Instant::now);
             buffered.push((i, batch));
         }
@@ -360,6 +360,14 @@ pub async fn run(
     summary.elapsed = started.elapsed();
     drop(lock);
     Ok(summary)
+}
+
+/// The wall time (ms) of the newest HLC in a delta batch.
+fn newest_wall_ms(batch: &RecordBatch) -> Option<u64> {
+    let hlc = batch
+        .column_by_name(crate::kernel::delta_batch::HLC)?
+        .as_primitive_opt::<arrow::datatypes::UInt64Type>()?;
+    arrow::compute::max(hlc).map(|h| crate::kernel::hlc::HlcTimestamp(h).wall_ms())
 }
 
 fn now_ms() -> u64 {
@@ -612,6 +620,8 @@ fn remove_old_operator_state(state_dir: &std::path::Path, operators: &[OperatorN
 /// logged through `tracing` either way).
 struct Progress {
     bar: Option<indicatif::ProgressBar>,
+    /// The last committed epoch, shown with the lag.
+    epoch: std::cell::Cell<u64>,
 }
 
 impl Progress {
@@ -620,7 +630,7 @@ impl Progress {
             let bar = indicatif::ProgressBar::new_spinner();
             bar.set_style(
                 indicatif::ProgressStyle::with_template(
-                    "{spinner} {prefix}: {human_pos} deltas read ({per_sec}) {msg}",
+                    "{spinner} {prefix}: {human_pos} deltas read ({per_sec}), {msg}",
                 )
                 .unwrap_or_else(|_| indicatif::ProgressStyle::default_spinner()),
             );
@@ -628,19 +638,30 @@ impl Progress {
             bar.enable_steady_tick(Duration::from_millis(200));
             bar
         });
-        Self { bar }
+        Self {
+            bar,
+            epoch: std::cell::Cell::new(0),
+        }
     }
 
-    fn read(&self, rows: usize) {
+    /// Counts `rows` read, whose newest HLC wall time is `newest_ms`, and shows the lag: how far
+    /// behind the present the newest change read is.
+    fn read(&self, rows: usize, newest_ms: Option<u64>) {
         if let Some(bar) = &self.bar {
             bar.inc(rows as u64);
+            if let Some(newest) = newest_ms {
+                let lag = Duration::from_millis(now_ms().saturating_sub(newest));
+                bar.set_message(format!(
+                    "lag {}, epoch {} committed",
+                    humantime::format_duration(Duration::from_secs(lag.as_secs())),
+                    self.epoch.get()
+                ));
+            }
         }
     }
 
     fn committed(&self, epoch: u64) {
-        if let Some(bar) = &self.bar {
-            bar.set_message(format!("epoch {epoch} committed"));
-        }
+        self.epoch.set(epoch);
     }
 
     fn finish(&self) {
