@@ -25,18 +25,6 @@ fn cases() -> Vec<PathBuf> {
     cases
 }
 
-fn copy_dir(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).expect("mkdir");
-    for entry in std::fs::read_dir(from).expect("read case").flatten() {
-        let target = to.join(entry.file_name());
-        if entry.path().is_dir() {
-            copy_dir(&entry.path(), &target);
-        } else if entry.file_name() != "expected.txt" {
-            std::fs::copy(entry.path(), target).expect("copy");
-        }
-    }
-}
-
 /// Every user table of a SQLite sink, rows sorted, `synced_at`/`deleted_at` shown as set or not.
 async fn dump_sqlite(path: &Path, out: &mut String) {
     let pool = sqlx::SqlitePool::connect(&format!("sqlite://{}", path.display()))
@@ -128,7 +116,7 @@ fn dump_parquet(root: &Path, out: &mut String) {
 
 async fn run_case(case: &Path) -> String {
     let dir = tempfile::tempdir().expect("temp dir");
-    copy_dir(case, dir.path());
+    crate::support::copy_tree(case, dir.path(), &["expected.txt"]);
     let plan =
         load_plan(&dir.path().join("pipeline.yaml"), &Env::process()).expect("valid pipeline");
     let graph = lakesync::build::build(&plan).await.expect("build");

@@ -556,18 +556,6 @@ fn pyiceberg_rows(
         .collect()
 }
 
-fn copy_tree(from: &std::path::Path, to: &std::path::Path) {
-    std::fs::create_dir_all(to).expect("mkdir");
-    for entry in std::fs::read_dir(from).expect("read dir").flatten() {
-        let target = to.join(entry.file_name());
-        if entry.path().is_dir() {
-            copy_tree(&entry.path(), &target);
-        } else {
-            std::fs::copy(entry.path(), target).expect("copy");
-        }
-    }
-}
-
 /// The README's quickstart, then pyiceberg (SQL catalogue on the same SQLite file) reads the
 /// Iceberg table it wrote and gets the same rows as `lakesync query`.
 #[tokio::test]
@@ -577,8 +565,8 @@ async fn pyiceberg_reads_the_quickstart_lake() {
     };
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
     let dir = tempfile::tempdir().expect("temp dir");
-    copy_tree(&root.join("pipelines"), &dir.path().join("pipelines"));
-    copy_tree(&root.join("examples"), &dir.path().join("examples"));
+    support::copy_tree(&root.join("pipelines"), &dir.path().join("pipelines"), &[]);
+    support::copy_tree(&root.join("examples"), &dir.path().join("examples"), &[]);
     let plan = lakesync::config::load_plan(
         &dir.path().join("pipelines/quickstart.yaml"),
         &lakesync::config::Env::process(),

@@ -86,3 +86,19 @@ pub fn unique_name(prefix: &str) -> String {
         .unwrap_or_default();
     format!("{prefix}_{}_{nanos}_{n}", std::process::id())
 }
+
+/// Copies the directory tree `from` into `to` (created), leaving out files named in `skip`.
+pub fn copy_tree(from: &std::path::Path, to: &std::path::Path, skip: &[&str]) {
+    std::fs::create_dir_all(to).expect("create the target directory");
+    for entry in std::fs::read_dir(from)
+        .expect("read the source directory")
+        .flatten()
+    {
+        let target = to.join(entry.file_name());
+        if entry.path().is_dir() {
+            copy_tree(&entry.path(), &target, skip);
+        } else if !skip.iter().any(|name| entry.file_name() == *name) {
+            std::fs::copy(entry.path(), target).expect("copy a file");
+        }
+    }
+}
