@@ -3,10 +3,12 @@
 #
 #   eval "$(bash scripts/python-tools.sh)"   # create or reuse the venv, print `export` lines
 #
-# Installs pyiceberg (SQL catalog on SQLite, with PyArrow) and DuckDB with pip into the venv
-# ${LAKESYNC_TOOLS_DIR:-$HOME/.cache/lakesync-tools}/py. A venv that already holds exactly these
-# pins (recorded in a stamp file after a successful install) and imports them is reused as is,
-# so a warm machine pays nothing. Progress goes to stderr; stdout carries only `export` lines:
+# Installs pyiceberg (SQL catalog on SQLite, with PyArrow, whose pyarrow.flight the gateway's
+# Flight interop and benchmark use), DuckDB and websockets (the gateway's WebSocket interop) with
+# pip into the venv ${LAKESYNC_TOOLS_DIR:-$HOME/.cache/lakesync-tools}/py. A venv that already
+# holds exactly these pins (recorded in a stamp file after a successful install) and imports them
+# is reused as is, so a warm machine pays nothing. Progress goes to stderr; stdout carries only
+# `export` lines:
 #
 #   LAKESYNC_PYTHON   the venv's python, which tests/python/*.py scripts are run with
 set -euo pipefail
@@ -14,8 +16,8 @@ set -euo pipefail
 TOOLS_DIR="${LAKESYNC_TOOLS_DIR:-${HOME:-/root}/.cache/lakesync-tools}"
 VENV="$TOOLS_DIR/py"
 STAMP="$VENV/.lakesync-requirements"
-REQUIREMENTS=("pyiceberg[sql-sqlite,pyarrow]==0.12.*" "duckdb==1.5.5")
-IMPORTS="import pyiceberg, pyiceberg.catalog.sql, pyarrow, sqlalchemy, duckdb"
+REQUIREMENTS=("pyiceberg[sql-sqlite,pyarrow]==0.12.*" "duckdb==1.5.5" "websockets==17.4")
+IMPORTS="import pyiceberg, pyiceberg.catalog.sql, pyarrow, pyarrow.flight, sqlalchemy, duckdb, websockets, websockets.sync.client"
 
 T0=${EPOCHREALTIME:-0}
 # Progress line on stderr, stamped with the seconds since this script started.
@@ -44,7 +46,7 @@ else
     die "pip install of $wanted into $VENV failed"
   "$VENV/bin/python" -c "$IMPORTS" >&2 || die "the venv $VENV cannot import what was installed"
   printf '%s\n' "$wanted" >"$STAMP"
-  log "install done: $("$VENV/bin/python" -c 'import pyiceberg, pyarrow, duckdb; print(f"pyiceberg {pyiceberg.__version__}, pyarrow {pyarrow.__version__}, duckdb {duckdb.__version__}")')"
+  log "install done: $("$VENV/bin/python" -c 'import pyiceberg, pyarrow, duckdb, websockets; print(f"pyiceberg {pyiceberg.__version__}, pyarrow {pyarrow.__version__}, duckdb {duckdb.__version__}, websockets {websockets.__version__}")')"
 fi
 
 printf 'export LAKESYNC_PYTHON=%q\n' "$VENV/bin/python"

@@ -33,7 +33,7 @@ echo "== starting services" >&2
 exports="$(bash scripts/services.sh start)"
 services_started=1
 eval "$exports"
-echo "== python tools (pyiceberg, pyarrow, duckdb)" >&2
+echo "== python tools (pyiceberg, pyarrow, duckdb, websockets)" >&2
 eval "$(bash scripts/python-tools.sh)"
 
 echo "== cargo fmt --check" >&2

@@ -2,6 +2,7 @@
 //! specs meet the adapters. Building connects and opens things (files, catalogues); everything
 //! that can be checked without doing so was checked by validation.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use crate::adapters::iceberg::{IcebergCatalogConfig, IcebergSink};
@@ -13,6 +14,8 @@ use crate::adapters::sqlite::{
 };
 use crate::config::plan::Plan;
 use crate::config::spec::{self, CatalogSpec, OperatorSpec, SinkSpec, SourceSpec};
+use crate::gateway::Gateway;
+use crate::gateway::source::GatewaySource;
 use crate::kernel::rules::ClientFilter;
 use crate::ops::filter::FilterOperator;
 use crate::runtime::api::{Sink, Source, TableRef};
@@ -20,12 +23,33 @@ use crate::runtime::pipeline::{FlushPolicy, NodeRef, OperatorNode, PipelineGraph
 use crate::runtime::tier::TierSink;
 use crate::{Error, Result};
 
-/// Builds the runnable graph of `plan`.
+/// Builds the runnable graph of `plan`. A plan with a gateway source needs the gateway
+/// opened first: see [`build_with`].
 pub async fn build(plan: &Plan) -> Result<PipelineGraph> {
+    build_with(plan, &HashMap::new()).await
+}
+
+/// Builds the runnable graph of `plan`, reading gateway sources from the opened `gateways`
+/// (by source name); an admin flush on any of them commits an epoch.
+pub async fn build_with(plan: &Plan, gateways: &HashMap<String, Gateway>) -> Result<PipelineGraph> {
     let mut sources: Vec<Box<dyn Source>> = Vec::new();
     let mut source_index = std::collections::HashMap::new();
+    let mut flush_requests = None;
     for (name, spec) in plan.sources.iter() {
         source_index.insert(name.to_string(), sources.len());
+        if let SourceSpec::Gateway(_) = spec {
+            let gateway = gateways.get(name).ok_or_else(|| {
+                Error::invalid(
+                    "pipeline",
+                    format!("source {name:?} is a gateway: run this file with `lakesync serve`"),
+                )
+            })?;
+            let (tx, rx) = tokio::sync::mpsc::channel(16);
+            gateway.set_flush_channel(tx);
+            flush_requests = Some(rx);
+            sources.push(Box::new(GatewaySource::new(name, gateway.clone())));
+            continue;
+        }
         sources.push(build_source(plan, name, spec).await?);
     }
 
@@ -96,6 +120,7 @@ pub async fn build(plan: &Plan) -> Result<PipelineGraph> {
         sources,
         operators,
         sinks,
+        flush_requests,
     })
 }
 
@@ -136,6 +161,11 @@ async fn build_source(plan: &Plan, name: &str, spec: &SourceSpec) -> Result<Box<
                 s.client_id(name),
                 None,
             ))
+        }
+        SourceSpec::Gateway(_) => {
+            return Err(Error::internal(format!(
+                "gateway source {name:?} is built by build_with"
+            )));
         }
         SourceSpec::Sqlite(s) => {
             let tables = s

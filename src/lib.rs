@@ -14,10 +14,12 @@ pub mod adapters;
 pub mod build;
 pub mod config;
 pub mod demo;
+pub mod gateway;
 pub mod ops;
 pub mod query;
 pub mod runtime;
 pub mod synth;
+pub mod transport;
 
 /// An [`Error::External`] for a failed filesystem operation on `path`; transient kinds
 /// (interrupted, timed out) are retryable.

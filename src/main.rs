@@ -36,6 +36,14 @@ enum Command {
         #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
         poll_interval: std::time::Duration,
     },
+    /// Run the sync gateway of a pipeline file (one with a `type: gateway` source): clients
+    /// push and pull over Arrow Flight, HTTP and WebSocket; what they push flows to the sinks.
+    /// Prints `listening gateway=<id> flight=<addr> http=<addr>` once ready.
+    Serve {
+        /// The pipeline file.
+        #[arg(long)]
+        config: PathBuf,
+    },
     /// Move data that has aged out of tier sinks' hot side into their cold side.
     Migrate {
         /// Pipeline files.
@@ -144,6 +152,18 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
                 ReadMode::Follow { poll_interval }
             };
             runtime()?.block_on(run_files(files, mode))?;
+        }
+        Command::Serve { config } => {
+            let plan = load_plan(&config, &Env::process())
+                .with_context(|| format!("loading {}", config.display()))?;
+            runtime()?.block_on(lakesync::gateway::serve::serve(plan, |l| {
+                use std::io::Write;
+                println!(
+                    "listening gateway={} flight={} http={}",
+                    l.id, l.flight, l.http
+                );
+                let _ = std::io::stdout().flush();
+            }))?;
         }
         Command::Migrate { files } => {
             let env = Env::process();

@@ -70,6 +70,41 @@ pub enum Error {
         #[source]
         source: Option<Box<dyn std::error::Error + Send + Sync>>,
     },
+    /// A caller that did not prove who it is: no token, or a token that failed verification.
+    #[error("{0}")]
+    Unauthenticated(String),
+    /// A caller that is known but not allowed to do this (wrong gateway, not an admin, acting
+    /// as another client).
+    #[error("{0}")]
+    Forbidden(String),
+    /// A named thing (table, source, connector, route) that does not exist.
+    #[error("{what} {name:?} not found")]
+    NotFound {
+        /// The kind of thing, e.g. `table`.
+        what: &'static str,
+        /// Its name as given.
+        name: String,
+    },
+    /// The gateway's unflushed buffer is full; retry after it flushes. Nothing was accepted.
+    #[error("{0}")]
+    Backpressure(String),
+    /// A client exceeded its request rate; retry after `retry_after_secs`.
+    #[error("Too many requests (retry after {retry_after_secs}s)")]
+    RateLimited {
+        /// Seconds until the client's window resets.
+        retry_after_secs: u64,
+    },
+    /// A pull cursor older than the oldest change the gateway still holds: the client must
+    /// start again from a checkpoint.
+    #[error(
+        "cursor {cursor} is older than the oldest retained change ({oldest}); start again from a checkpoint"
+    )]
+    CursorExpired {
+        /// The cursor the client sent.
+        cursor: u64,
+        /// The oldest cursor the gateway can still serve changes after.
+        oldest: u64,
+    },
     /// A bug: an invariant LakeSync relies on did not hold.
     #[error("internal error: {0}")]
     Internal(String),
@@ -114,7 +149,13 @@ impl Error {
             Self::Invalid { .. }
             | Self::ClockDrift { .. }
             | Self::Schema(_)
-            | Self::Conflict(_) => ErrorKind::User,
+            | Self::Conflict(_)
+            | Self::Unauthenticated(_)
+            | Self::Forbidden(_)
+            | Self::NotFound { .. }
+            | Self::RateLimited { .. }
+            | Self::CursorExpired { .. } => ErrorKind::User,
+            Self::Backpressure(_) => ErrorKind::External { retryable: true },
             Self::External { retryable, .. } => ErrorKind::External {
                 retryable: *retryable,
             },
@@ -130,6 +171,12 @@ impl Error {
             Self::Schema(_) => "SCHEMA_MISMATCH",
             Self::Conflict(_) => "CONFLICT",
             Self::External { .. } => "ADAPTER_ERROR",
+            Self::Unauthenticated(_) => "AUTH_ERROR",
+            Self::Forbidden(_) => "FORBIDDEN",
+            Self::NotFound { .. } => "NOT_FOUND",
+            Self::Backpressure(_) => "BACKPRESSURE",
+            Self::RateLimited { .. } => "RATE_LIMITED",
+            Self::CursorExpired { .. } => "CURSOR_EXPIRED",
             Self::Internal(_) => "INTERNAL_ERROR",
         }
     }

@@ -83,6 +83,10 @@ impl Plan {
             Some(SourceSpec::Sqlite(spec)) => {
                 spec.tables.iter().map(|t| t.table.as_str()).collect()
             }
+            Some(SourceSpec::Gateway(spec)) if spec.tables.is_empty() => {
+                self.tables.iter().map(|t| t.table.as_str()).collect()
+            }
+            Some(SourceSpec::Gateway(spec)) => spec.tables.iter().map(String::as_str).collect(),
             None => Vec::new(),
         };
         for name in names {

@@ -277,6 +277,9 @@ tagged_enum! {
         Jsonl(JsonlSourceSpec) = "jsonl",
         /// Tables of a SQLite database, polled for changes.
         Sqlite(SqliteSourceSpec) = "sqlite",
+        /// The sync gateway (`lakesync serve`): what clients push over Arrow Flight, HTTP and
+        /// WebSocket.
+        Gateway(Box<GatewaySourceSpec>) = "gateway",
     }
 }
 
@@ -457,6 +460,179 @@ pub enum CaptureStrategy {
     Diff,
     /// A change-log table filled by triggers (sees every change, including deletes).
     DeltaLog,
+}
+
+/// The sync gateway: clients push and pull over Arrow Flight, HTTP/JSON and WebSocket; what
+/// they push flows on to this pipeline's operators and sinks.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(
+    deny_unknown_fields,
+    expecting = "a gateway source: a mapping with id, listen, auth, sync_rules, limits"
+)]
+pub struct GatewaySourceSpec {
+    /// The gateway id: routes carry it (`/v1/sync/{id}/…`) and a JWT's `gw` claim must equal it.
+    pub id: String,
+    /// The declared tables clients may push to (default: all of them).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tables: Vec<String>,
+    /// Where the durable log lives (default `<state_dir>/gateway`); relative to the file.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data_dir: Option<String>,
+    /// Addresses to listen on.
+    #[serde(default)]
+    pub listen: ListenSpec,
+    /// JWT authentication (off when no secret is given).
+    #[serde(default)]
+    pub auth: AuthSpec,
+    /// Sync rules deciding what each client sees (the original document format); none = every
+    /// client sees every row.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(with = "Option<SyncRulesDoc>")]
+    pub sync_rules: Option<serde_json::Value>,
+    /// Limits (defaults are the original's).
+    #[serde(default)]
+    pub limits: GatewayLimitsSpec,
+}
+
+/// Where the gateway listens. `port 0` picks a free port (printed at start).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, expecting = "a mapping with flight and http")]
+pub struct ListenSpec {
+    /// Arrow Flight (gRPC) address (default `127.0.0.1:50051`).
+    #[serde(default = "ListenSpec::default_flight")]
+    pub flight: String,
+    /// HTTP and WebSocket address (default `127.0.0.1:3000`).
+    #[serde(default = "ListenSpec::default_http")]
+    pub http: String,
+}
+
+impl ListenSpec {
+    fn default_flight() -> String {
+        "127.0.0.1:50051".to_string()
+    }
+
+    fn default_http() -> String {
+        "127.0.0.1:3000".to_string()
+    }
+}
+
+impl Default for ListenSpec {
+    fn default() -> Self {
+        Self {
+            flight: Self::default_flight(),
+            http: Self::default_http(),
+        }
+    }
+}
+
+/// JWT (HS256) authentication.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, expecting = "a mapping with jwt_secrets")]
+pub struct AuthSpec {
+    /// Secrets a token may be signed with, newest first (several while rotating); use
+    /// `${VAR}`. Empty = authentication off (a warning is logged at start).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub jwt_secrets: Vec<String>,
+}
+
+/// Gateway limits.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, expecting = "gateway limits: a mapping")]
+pub struct GatewayLimitsSpec {
+    /// Unflushed bytes at which pushes are refused with BACKPRESSURE (default 8MiB).
+    #[serde(default = "GatewayLimitsSpec::default_backpressure")]
+    pub backpressure_bytes: HumanSize,
+    /// Most deltas in one push (default 10000).
+    #[serde(default = "GatewayLimitsSpec::default_max_push_deltas")]
+    pub max_push_deltas: u64,
+    /// Largest HTTP push body or WebSocket frame (default 1MiB).
+    #[serde(default = "GatewayLimitsSpec::default_max_push_bytes")]
+    pub max_push_bytes: HumanSize,
+    /// Deltas per pull when the client does not say (default 100).
+    #[serde(default = "GatewayLimitsSpec::default_pull_limit")]
+    pub default_pull_limit: u64,
+    /// Most deltas per pull (default 10000).
+    #[serde(default = "GatewayLimitsSpec::default_max_pull_limit")]
+    pub max_pull_limit: u64,
+    /// How far ahead of the server clock a delta's HLC may be (default 5s).
+    #[serde(default = "GatewayLimitsSpec::default_max_drift")]
+    pub max_drift: HumanDuration,
+    /// Flushed changes are kept for pulls this long (default 7d)...
+    #[serde(default = "GatewayLimitsSpec::default_retention")]
+    pub retention: HumanDuration,
+    /// ...and up to this many bytes (default 1GiB).
+    #[serde(default = "GatewayLimitsSpec::default_retention_bytes")]
+    pub retention_bytes: HumanSize,
+    /// Requests per client per window, e.g. `{requests: 100, window: 60s}` (default none).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate_limit: Option<RateLimitSpec>,
+    /// Most concurrent WebSocket connections (default 1000).
+    #[serde(default = "GatewayLimitsSpec::default_ws_connections")]
+    pub ws_max_connections: u64,
+    /// Most WebSocket messages per second per connection (default 50).
+    #[serde(default = "GatewayLimitsSpec::default_ws_rate")]
+    pub ws_max_messages_per_second: u64,
+}
+
+impl GatewayLimitsSpec {
+    fn default_backpressure() -> HumanSize {
+        HumanSize::mib(8)
+    }
+    fn default_max_push_deltas() -> u64 {
+        10_000
+    }
+    fn default_max_push_bytes() -> HumanSize {
+        HumanSize::mib(1)
+    }
+    fn default_pull_limit() -> u64 {
+        100
+    }
+    fn default_max_pull_limit() -> u64 {
+        10_000
+    }
+    fn default_max_drift() -> HumanDuration {
+        HumanDuration::from_secs(5)
+    }
+    fn default_retention() -> HumanDuration {
+        HumanDuration::from_secs(7 * 24 * 3600)
+    }
+    fn default_retention_bytes() -> HumanSize {
+        HumanSize::mib(1024)
+    }
+    fn default_ws_connections() -> u64 {
+        1000
+    }
+    fn default_ws_rate() -> u64 {
+        50
+    }
+}
+
+impl Default for GatewayLimitsSpec {
+    fn default() -> Self {
+        Self {
+            backpressure_bytes: Self::default_backpressure(),
+            max_push_deltas: Self::default_max_push_deltas(),
+            max_push_bytes: Self::default_max_push_bytes(),
+            default_pull_limit: Self::default_pull_limit(),
+            max_pull_limit: Self::default_max_pull_limit(),
+            max_drift: Self::default_max_drift(),
+            retention: Self::default_retention(),
+            retention_bytes: Self::default_retention_bytes(),
+            rate_limit: None,
+            ws_max_connections: Self::default_ws_connections(),
+            ws_max_messages_per_second: Self::default_ws_rate(),
+        }
+    }
+}
+
+/// A fixed-window request limit per client.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, expecting = "a mapping with requests and window")]
+pub struct RateLimitSpec {
+    /// Requests allowed per window.
+    pub requests: u32,
+    /// The window.
+    pub window: HumanDuration,
 }
 
 // ---------------------------------------------------------------------------------------------

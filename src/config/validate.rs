@@ -32,8 +32,8 @@ use super::Diagnostic;
 use super::node::{child_path, item_path};
 use super::plan::{FilterPlan, Lane, Plan, resolve};
 use super::spec::{
-    CaptureStrategy, CatalogSpec, FilterSpec, JsonlFormat, JsonlSourceSpec, OperatorSpec,
-    PIPELINE_VERSION, PipelineSpec, SinkSpec, SourceSpec, SqliteSourceSpec,
+    CaptureStrategy, CatalogSpec, FilterSpec, GatewaySourceSpec, JsonlFormat, JsonlSourceSpec,
+    OperatorSpec, PIPELINE_VERSION, PipelineSpec, SinkSpec, SourceSpec, SqliteSourceSpec,
 };
 use super::suggest;
 use crate::Error;
@@ -404,6 +404,7 @@ impl<'s> Validator<'s> {
             match source {
                 SourceSpec::Jsonl(spec) => self.jsonl_source(&at, spec),
                 SourceSpec::Sqlite(spec) => self.sqlite_source(&at, spec),
+                SourceSpec::Gateway(spec) => self.gateway_source(&at, spec),
             }
         }
     }
@@ -444,6 +445,97 @@ impl<'s> Validator<'s> {
         }
         if let Some(client) = &spec.client_id {
             self.non_empty(format!("{at}.client_id"), client);
+        }
+    }
+
+    fn gateway_source(&mut self, at: &str, spec: &GatewaySourceSpec) {
+        let id_ok = !spec.id.is_empty()
+            && spec.id.len() <= 64
+            && spec.id.starts_with(|c: char| c.is_ascii_alphanumeric())
+            && spec
+                .id
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
+        if !id_ok {
+            self.error(
+                format!("{at}.id"),
+                format!(
+                    "gateway id {:?}: use 1 to 64 letters, digits, `_` or `-`, starting with a letter or digit (it appears in URLs)",
+                    spec.id
+                ),
+            );
+        }
+        for (i, table) in spec.tables.iter().enumerate() {
+            if self.table(table).is_none() {
+                self.undeclared_table(format!("{at}.tables[{i}]"), table);
+            }
+        }
+        if gateway_tables(self.spec, spec).is_empty() {
+            self.error(format!("{at}.tables"), "a gateway needs at least one table")
+                .hint = Some("declare tables under `tables:`".to_string());
+        }
+        for (key, addr) in [("flight", &spec.listen.flight), ("http", &spec.listen.http)] {
+            if addr.parse::<std::net::SocketAddr>().is_err() {
+                self.error(
+                    format!("{at}.listen.{key}"),
+                    format!("{addr:?} is not an address like 127.0.0.1:3000"),
+                );
+            }
+        }
+        for (i, secret) in spec.auth.jwt_secrets.iter().enumerate() {
+            if secret.len() < 16 {
+                self.error(
+                    format!("{at}.auth.jwt_secrets[{i}]"),
+                    "a JWT secret must be at least 16 bytes",
+                );
+            }
+        }
+        if let Some(value) = &spec.sync_rules {
+            match SyncRules::from_value(value) {
+                Ok(rules) => {
+                    let schemas: Vec<TableSchema> = gateway_tables(self.spec, spec)
+                        .iter()
+                        .filter_map(|t| self.table(t).cloned())
+                        .collect();
+                    if let Err(e) = rules.check_against(&schemas) {
+                        self.error(format!("{at}.sync_rules"), e.to_string());
+                    }
+                }
+                Err(e) => {
+                    self.error(format!("{at}.sync_rules"), e.to_string());
+                }
+            }
+        }
+        let l = &spec.limits;
+        for (key, zero) in [
+            ("max_push_deltas", l.max_push_deltas == 0),
+            ("default_pull_limit", l.default_pull_limit == 0),
+            ("max_pull_limit", l.max_pull_limit == 0),
+            ("backpressure_bytes", l.backpressure_bytes.0 == 0),
+            ("max_push_bytes", l.max_push_bytes.0 == 0),
+            ("ws_max_connections", l.ws_max_connections == 0),
+            (
+                "ws_max_messages_per_second",
+                l.ws_max_messages_per_second == 0,
+            ),
+        ] {
+            if zero {
+                self.error(format!("{at}.limits.{key}"), "must be above 0");
+            }
+        }
+        if l.default_pull_limit > l.max_pull_limit {
+            self.error(
+                format!("{at}.limits.default_pull_limit"),
+                "must not be above max_pull_limit",
+            );
+        }
+        if let Some(rate) = &l.rate_limit
+            && (rate.requests == 0 || rate.window.get().is_zero())
+        {
+            self.error(
+                format!("{at}.limits.rate_limit"),
+                "requests and window must be above 0",
+            );
         }
     }
 
@@ -602,6 +694,7 @@ impl<'s> Validator<'s> {
         let names: Vec<String> = match self.spec.sources.get(&source)? {
             SourceSpec::Jsonl(spec) => vec![spec.table.clone()],
             SourceSpec::Sqlite(spec) => spec.tables.iter().map(|t| t.table.clone()).collect(),
+            SourceSpec::Gateway(spec) => gateway_tables(self.spec, spec),
         };
         let mut declared = Vec::new();
         let mut discovered = Vec::new();
@@ -1005,6 +1098,15 @@ fn column_hint(location: &str, rules: &SyncRules, schemas: &[TableSchema]) -> Op
         .flat_map(|s| s.columns.iter().map(|c| c.name.as_str()))
         .collect();
     suggest::did_you_mean(&filter.column, columns)
+}
+
+/// The tables a gateway source accepts: those it lists, or every declared table.
+pub fn gateway_tables(spec: &PipelineSpec, gateway: &GatewaySourceSpec) -> Vec<String> {
+    if gateway.tables.is_empty() {
+        spec.tables.iter().map(|t| t.table.clone()).collect()
+    } else {
+        gateway.tables.clone()
+    }
 }
 
 #[cfg(test)]

@@ -18,18 +18,17 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use arrow::array::{Array, AsArray, RecordBatch, StringArray, UInt32Array, UInt64Array};
-use arrow::compute::{interleave_record_batch, take_record_batch};
+use arrow::array::{Array, AsArray, RecordBatch, StringArray, UInt64Array};
 use arrow::datatypes::{DataType, Field, Schema};
 
 use crate::kernel::delta::{ColumnDelta, DeltaOp, RowDelta};
 use crate::kernel::delta_batch::{cell_to_json, deltas_to_batch};
 use crate::kernel::filter::visibility;
 use crate::kernel::hlc::HlcTimestamp;
-use crate::kernel::merge::merge;
 use crate::kernel::rules::ClientFilter;
 use crate::kernel::schema::TableSchema;
 use crate::kernel::state::{self, TABLE_METADATA_KEY};
+use crate::ops::row_state::{Applied, RowStore};
 use crate::runtime::api::{OpContext, Operator, TableRef};
 use crate::{Error, Result};
 
@@ -47,19 +46,10 @@ pub struct FilterOperator {
 /// What the operator knows about one table.
 #[derive(Debug)]
 struct TableState {
-    table: TableRef,
-    /// Row state in segments (state batches of the current schema): each batch's merged rows
-    /// are appended as a segment, so an update costs the size of the batch, not of the state.
-    segments: Vec<RecordBatch>,
-    /// Row id → (segment, row) of the row's current state.
-    index: HashMap<String, (u32, u32)>,
-    /// Rows in `segments` that `index` no longer points at; compacted away when they outnumber
-    /// the live rows.
-    stale: usize,
+    /// Every row's merged state.
+    rows: RowStore,
     /// Row id → HLC of the last snapshot emitted for it.
     emitted: HashMap<String, u64>,
-    /// A one-row tombstone of the current schema: the state of a row never seen.
-    tombstone: RecordBatch,
 }
 
 impl FilterOperator {
@@ -74,96 +64,17 @@ impl FilterOperator {
 
     fn table_state(&mut self, table: &TableRef) -> Result<&mut TableState> {
         if !self.tables.contains_key(&table.table) {
-            let never_seen = RowDelta::new(
-                DeltaOp::Delete,
-                table.delta_table(),
-                "",
-                "",
-                vec![],
-                HlcTimestamp(0),
-            );
-            let tombstone = merge(table, None, &[deltas_to_batch(table, &[never_seen])?])?;
             self.tables.insert(
                 table.table.clone(),
                 TableState {
-                    table: table.clone(),
-                    segments: Vec::new(),
-                    index: HashMap::new(),
-                    stale: 0,
+                    rows: RowStore::new(table.clone())?,
                     emitted: HashMap::new(),
-                    tombstone,
                 },
             );
         }
         self.tables
             .get_mut(&table.table)
             .ok_or_else(|| Error::internal("filter table state vanished"))
-    }
-}
-
-impl TableState {
-    /// The state rows of `ids` (the tombstone for ids never seen), aligned with `ids`.
-    fn rows(&self, ids: &[&str]) -> Result<RecordBatch> {
-        let mut sources: Vec<&RecordBatch> = self.segments.iter().collect();
-        sources.push(&self.tombstone);
-        let never_seen = (self.segments.len(), 0);
-        let indices: Vec<(usize, usize)> = ids
-            .iter()
-            .map(|id| {
-                self.index
-                    .get(*id)
-                    .map_or(never_seen, |&(seg, row)| (seg as usize, row as usize))
-            })
-            .collect();
-        Ok(interleave_record_batch(&sources, &indices)?)
-    }
-
-    /// Records `after` (state rows with distinct ids) as the rows' current state.
-    fn update(&mut self, after: RecordBatch) -> Result<()> {
-        let segment = self.segments.len() as u32;
-        let ids = after.column(0).as_string::<i32>();
-        for i in 0..after.num_rows() {
-            if self
-                .index
-                .insert(ids.value(i).to_string(), (segment, i as u32))
-                .is_some()
-            {
-                self.stale += 1;
-            }
-        }
-        self.segments.push(after);
-        if self.stale > self.index.len().max(1024) || self.segments.len() > 256 {
-            self.compact()?;
-        }
-        Ok(())
-    }
-
-    /// Rewrites the live rows into one segment.
-    fn compact(&mut self) -> Result<()> {
-        if self.segments.len() <= 1 && self.stale == 0 {
-            return Ok(());
-        }
-        let mut live: Vec<(&String, (u32, u32))> =
-            self.index.iter().map(|(k, v)| (k, *v)).collect();
-        live.sort_unstable_by_key(|(_, at)| *at);
-        let indices: Vec<(usize, usize)> = live
-            .iter()
-            .map(|(_, (s, r))| (*s as usize, *r as usize))
-            .collect();
-        let sources: Vec<&RecordBatch> = self.segments.iter().collect();
-        let merged = if sources.is_empty() {
-            self.tombstone.slice(0, 0)
-        } else {
-            interleave_record_batch(&sources, &indices)?
-        };
-        self.index = live
-            .iter()
-            .enumerate()
-            .map(|(i, (k, _))| ((*k).clone(), (0, i as u32)))
-            .collect();
-        self.segments = vec![merged];
-        self.stale = 0;
-        Ok(())
     }
 }
 
@@ -188,45 +99,14 @@ impl Operator for FilterOperator {
         let filter = self.filter.clone();
         let client_id = self.client_id.clone();
         let st = self.table_state(table)?;
-        let row_ids = batch.column(1).as_string::<i32>();
-        let mut changed: Vec<&str> = Vec::new();
-        let mut seen = std::collections::HashSet::new();
-        for i in 0..batch.num_rows() {
-            if row_ids.value(i).is_empty() {
-                return Err(Error::invalid(
-                    "delta",
-                    format!("an empty row id in table {:?}", table.table),
-                ));
-            }
-            if seen.insert(row_ids.value(i)) {
-                changed.push(row_ids.value(i));
-            }
-        }
-        let before = st.rows(&changed)?;
-        let merged = merge(&st.table, Some(&before), std::slice::from_ref(&batch))?;
-        // `merge` emits prior rows first: `before` holds one row per changed id (tombstones for
-        // new ones, all with the empty row id ""), so look rows up by id.
-        let merged_ids = merged.column(0).as_string::<i32>();
-        let position: HashMap<&str, u32> = (0..merged.num_rows())
-            .map(|i| (merged_ids.value(i), i as u32))
-            .collect();
-        let after_idx: UInt32Array = changed
-            .iter()
-            .map(|id| {
-                position
-                    .get(id)
-                    .copied()
-                    .ok_or_else(|| Error::internal(format!("row {id} lost in merge")))
-                    .map(Some)
-            })
-            .collect::<Result<_>>()?;
-        let after = take_record_batch(&merged, &after_idx)?;
-        let routes = visibility(&filter, &st.table.table, &before, &after)?;
+        let Applied { ids, before, after } = st.rows.apply(&batch)?;
+        let table_ref = st.rows.table().clone();
+        let routes = visibility(&filter, &table_ref.table, &before, &after)?;
 
         let hlcs: &UInt64Array = after.column(1).as_primitive();
         let versions = after.column(5).as_list::<i32>();
         let mut out = Vec::new();
-        for (i, id) in changed.iter().enumerate() {
+        for (i, id) in ids.iter().enumerate() {
             let (visible, leaving) = (
                 routes.keep.value(i) || routes.enter.value(i),
                 routes.leave.value(i),
@@ -234,14 +114,14 @@ impl Operator for FilterOperator {
             if !visible && !leaving {
                 continue;
             }
-            let last = st.emitted.get(*id).copied().unwrap_or(0);
+            let last = st.emitted.get(id.as_str()).copied().unwrap_or(0);
             let hlc = hlcs.value(i).max(last + 1);
             st.emitted.insert(id.to_string(), hlc);
             let columns = if leaving {
                 Vec::new()
             } else {
                 let held = versions.value(i);
-                st.table
+                table_ref
                     .columns
                     .iter()
                     .enumerate()
@@ -261,25 +141,27 @@ impl Operator for FilterOperator {
             };
             out.push(RowDelta::new(
                 op,
-                st.table.delta_table(),
-                *id,
+                table_ref.delta_table(),
+                id.as_str(),
                 &client_id,
                 columns,
                 HlcTimestamp(hlc),
             ));
         }
-        st.update(after)?;
+        st.rows.update(after)?;
         if out.is_empty() {
             return Ok(Vec::new());
         }
-        Ok(vec![deltas_to_batch(&st.table, &out)?])
+        Ok(vec![deltas_to_batch(&table_ref, &out)?])
     }
 
     fn snapshot(&mut self) -> Result<Vec<RecordBatch>> {
         let mut out = Vec::new();
         for st in self.tables.values_mut() {
-            st.compact()?;
-            out.extend(st.segments.iter().filter(|s| s.num_rows() > 0).cloned());
+            let state = st.rows.snapshot()?;
+            if state.num_rows() > 0 {
+                out.push(state);
+            }
             let (ids, hlcs): (Vec<&str>, Vec<u64>) =
                 st.emitted.iter().map(|(k, v)| (k.as_str(), *v)).unzip();
             let schema = Schema::new(vec![
@@ -288,7 +170,10 @@ impl Operator for FilterOperator {
             ])
             .with_metadata(
                 [
-                    (TABLE_METADATA_KEY.to_string(), st.table.table.clone()),
+                    (
+                        TABLE_METADATA_KEY.to_string(),
+                        st.rows.table().table.clone(),
+                    ),
                     (EMITTED_METADATA_KEY.to_string(), "1".to_string()),
                 ]
                 .into(),
@@ -329,18 +214,9 @@ impl Operator for FilterOperator {
             }
         }
         for (table, chunks) in states {
-            let Some(st) = self.tables.get_mut(&table) else {
-                continue;
-            };
-            let schema = chunks[0].schema();
-            let state = arrow::compute::concat_batches(&schema, &chunks)?;
-            // Saved under an older schema? A merge with nothing brings it up to date.
-            let state = if state.schema() == st.tombstone.schema() {
-                state
-            } else {
-                merge(&st.table, Some(&state), &[])?
-            };
-            st.update(state)?;
+            if let Some(st) = self.tables.get_mut(&table) {
+                st.rows.load(&chunks)?;
+            }
         }
         Ok(())
     }
@@ -516,8 +392,8 @@ mod tests {
             }
         }
         let st = &op.tables["items"];
-        assert_eq!(st.index.len(), 10);
-        assert!(st.segments.len() <= 257);
+        assert_eq!(st.rows.len(), 10);
+        assert!(st.rows.segment_count() <= 257);
         assert!(visible > 0);
     }
 }

@@ -2,3 +2,4 @@
 //! batches, implementing [`crate::runtime::api::Operator`].
 
 pub mod filter;
+pub mod row_state;

@@ -84,6 +84,13 @@ pub trait Source: Debug + Send {
 
     /// Starts reading after `resume` (from the beginning when `None`).
     async fn open(&mut self, resume: Option<Position>, mode: ReadMode) -> Result<SourceStream>;
+
+    /// Told, after every sink has committed an epoch, the position that epoch ended at:
+    /// everything up to it is durable downstream. Sources that hold data for the runtime (a
+    /// gateway's buffer, a replication slot) release it here; most ignore it.
+    async fn committed(&mut self, _position: &Position) -> Result<()> {
+        Ok(())
+    }
 }
 
 /// Context an operator runs with.

@@ -102,7 +102,13 @@ pub struct PipelineGraph {
     pub operators: Vec<OperatorNode>,
     /// The sinks.
     pub sinks: Vec<SinkNode>,
+    /// Requests to commit an epoch now (a gateway's admin flush), each answered once the
+    /// epoch holding everything read so far is committed.
+    pub flush_requests: Option<tokio::sync::mpsc::Receiver<FlushRequest>>,
 }
+
+/// A request to commit what has been read now, answered when it is committed.
+pub type FlushRequest = tokio::sync::oneshot::Sender<Result<()>>;
 
 /// How to run.
 #[derive(Clone, Debug)]
@@ -246,6 +252,14 @@ pub async fn run(
         })
         .collect();
 
+    // Sources learn what is already durable downstream (a crash may have come between the
+    // checkpoint and the last such call).
+    for (i, source) in graph.sources.iter_mut().enumerate() {
+        if let Some(p) = &positions[i] {
+            source.committed(p).await?;
+        }
+    }
+
     // Replay an epoch a crash left planned but uncommitted: each source re-reads from the
     // epoch's start up to exactly where the epoch ended.
     if let Some(plan) = store.pending().await? {
@@ -307,10 +321,21 @@ pub async fn run(
     let mut buffered: Vec<(usize, SourceBatch)> = Vec::new();
     let (mut rows, mut bytes) = (0usize, 0usize);
     let mut oldest: Option<Instant> = None;
+    let mut flush_requests = graph.flush_requests.take();
+    let mut waiting: Vec<FlushRequest> = Vec::new();
     loop {
         let deadline = oldest.map(|t| t + graph.flush.max_age);
+        let mut forced = false;
         let next = tokio::select! {
             item = streams.next(), if !stopping => item.map(Some),
+            request = recv_flush(&mut flush_requests), if flush_requests.is_some() => {
+                match request {
+                    Some(reply) => waiting.push(reply),
+                    None => flush_requests = None,
+                }
+                forced = true;
+                Some(None)
+            }
             _ = sleep_until(deadline), if deadline.is_some() => Some(None),
             _ = &mut shutdown, if !stopping => {
                 tracing::info!(pipeline = %graph.name, "shutting down: finishing the in-flight epoch");
@@ -331,7 +356,8 @@ pub async fn run(
             oldest.get_or_insert_with(Instant::now);
             buffered.push((i, batch));
         }
-        let due = rows >= graph.flush.max_rows
+        let due = forced
+            || rows >= graph.flush.max_rows
             || bytes >= graph.flush.max_bytes
             || deadline.is_some_and(|d| Instant::now() >= d)
             || ended
@@ -351,6 +377,11 @@ pub async fn run(
             progress.committed(epoch);
             (rows, bytes, oldest) = (0, 0, None);
         }
+        if due {
+            for reply in waiting.drain(..) {
+                let _ = reply.send(Ok(()));
+            }
+        }
         if ended || stopping {
             break;
         }
@@ -360,6 +391,16 @@ pub async fn run(
     summary.elapsed = started.elapsed();
     drop(lock);
     Ok(summary)
+}
+
+/// The next flush request, or pending forever without a channel.
+async fn recv_flush(
+    requests: &mut Option<tokio::sync::mpsc::Receiver<FlushRequest>>,
+) -> Option<FlushRequest> {
+    match requests {
+        Some(rx) => rx.recv().await,
+        None => std::future::pending().await,
+    }
 }
 
 /// The wall time (ms) of the newest HLC in a delta batch.
@@ -520,9 +561,12 @@ async fn commit_epoch(
     save_operators(&graph.state_dir, &mut graph.operators, epoch)?;
     store.record_committed(epoch).await?;
     remove_old_operator_state(&graph.state_dir, &graph.operators, epoch);
-    for (i, source) in graph.sources.iter().enumerate() {
+    for (i, source) in graph.sources.iter_mut().enumerate() {
         if let Some(span) = plan.sources.get(source.name()) {
             positions[i] = span.end.clone();
+            if let Some(end) = &span.end {
+                source.committed(end).await?;
+            }
         }
     }
     summary.epochs += 1;

@@ -5,6 +5,7 @@
 
 mod cli;
 mod config;
+mod gateway;
 mod golden;
 mod iceberg;
 mod migrate;
