@@ -252,9 +252,34 @@ pub fn parse(text: &str, env: &Env) -> Result<Parsed, Vec<Diagnostic>> {
     }
 }
 
-/// In inline sync rules, a filter `value` written as a plain YAML number or boolean
-/// (`value: 4`) is meant as its text: the rules format wants strings.
+/// In inline sync rules (a filter operator's `rules`, a gateway's `sync_rules`), a filter `value`
+/// written as a plain YAML number or boolean (`value: 4`) is meant as its text: the rules format
+/// wants strings.
 fn stringify_rule_values(tree: &mut Node) {
+    fn entry_mut<'n>(node: &'n mut Node, key: &str) -> Option<&'n mut Node> {
+        match &mut node.kind {
+            Kind::Map(entries) => entries
+                .iter_mut()
+                .find(|e| e.key == key)
+                .map(|e| &mut e.value),
+            _ => None,
+        }
+    }
+    for (section, key) in [("operators", "rules"), ("sources", "sync_rules")] {
+        let Some(Kind::Map(entries)) = entry_mut(tree, section).map(|n| &mut n.kind) else {
+            continue;
+        };
+        for entry in entries {
+            if let Some(rules) = entry_mut(&mut entry.value, key) {
+                stringify_filter_values(rules);
+            }
+        }
+    }
+}
+
+/// Turns the numbers and booleans of `buckets[].filters[].value` in one rules document into
+/// their text.
+fn stringify_filter_values(rules: &mut Node) {
     fn entry_mut<'n>(node: &'n mut Node, key: &str) -> Option<&'n mut Node> {
         match &mut node.kind {
             Kind::Map(entries) => entries
@@ -270,28 +295,19 @@ fn stringify_rule_values(tree: &mut Node) {
             _ => &mut [],
         }
     }
-    let Some(Kind::Map(operators)) = entry_mut(tree, "operators").map(|n| &mut n.kind) else {
+    let Some(buckets) = entry_mut(rules, "buckets") else {
         return;
     };
-    for op in operators {
-        let Some(rules) = entry_mut(&mut op.value, "rules") else {
+    for bucket in items_mut(buckets) {
+        let Some(filters) = entry_mut(bucket, "filters") else {
             continue;
         };
-        let Some(buckets) = entry_mut(rules, "buckets") else {
-            continue;
-        };
-        for bucket in items_mut(buckets) {
-            let Some(filters) = entry_mut(bucket, "filters") else {
-                continue;
-            };
-            for filter in items_mut(filters) {
-                if let Some(value) = entry_mut(filter, "value")
-                    && let Kind::Bool(_) | Kind::Int(_) | Kind::UInt(_) | Kind::Float(_) =
-                        value.kind
-                    && let Some(text) = value.raw.clone()
-                {
-                    value.kind = Kind::Str(text);
-                }
+        for filter in items_mut(filters) {
+            if let Some(value) = entry_mut(filter, "value")
+                && let Kind::Bool(_) | Kind::Int(_) | Kind::UInt(_) | Kind::Float(_) = value.kind
+                && let Some(text) = value.raw.clone()
+            {
+                value.kind = Kind::Str(text);
             }
         }
     }

@@ -365,6 +365,11 @@ impl Gateway {
         ClientFilter::new(&read(&self.inner.rules), claims)
     }
 
+    /// The server's HLC now (for `serverHlc` fields that are not cursors).
+    pub fn now(&self) -> u64 {
+        self.inner.hlc.now().0
+    }
+
     /// The newest sequence number (the cursor of "now").
     pub fn head(&self) -> u64 {
         *self.inner.head.borrow()

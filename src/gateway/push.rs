@@ -36,6 +36,9 @@ pub struct Rejection {
     pub code: &'static str,
     /// What was wrong.
     pub message: String,
+    /// For `CLOCK_DRIFT`: how far ahead the delta was and the limit, in milliseconds.
+    #[serde(skip)]
+    pub drift: Option<(u64, u64)>,
 }
 
 impl Rejection {
@@ -46,7 +49,13 @@ impl Rejection {
             self.delta_id, self.row, self.message
         );
         match self.code {
-            "CLOCK_DRIFT" => Error::invalid("delta", message),
+            "CLOCK_DRIFT" => match self.drift {
+                Some((ahead_ms, max_drift_ms)) => Error::ClockDrift {
+                    ahead_ms,
+                    max_drift_ms,
+                },
+                None => Error::invalid("delta", message),
+            },
             "FORBIDDEN" => Error::Forbidden(message),
             "SCHEMA_MISMATCH" => Error::schema(message),
             _ => Error::invalid("delta", message),
@@ -94,6 +103,7 @@ pub fn check_batch(
             delta_id: delta_id.clone(),
             code,
             message,
+            drift: None,
         };
         let hlc = cols.hlc.value(row);
         let wall = HlcTimestamp(hlc).wall_ms();
@@ -121,14 +131,14 @@ pub fn check_batch(
                 ),
             ))
         } else if wall > ctx.now_ms + ctx.max_drift_ms {
-            Some(reject(
-                "CLOCK_DRIFT",
-                Error::ClockDrift {
-                    ahead_ms: wall - ctx.now_ms,
-                    max_drift_ms: ctx.max_drift_ms,
-                }
-                .to_string(),
-            ))
+            let drift = Error::ClockDrift {
+                ahead_ms: wall - ctx.now_ms,
+                max_drift_ms: ctx.max_drift_ms,
+            };
+            Some(Rejection {
+                drift: Some((wall - ctx.now_ms, ctx.max_drift_ms)),
+                ..reject("CLOCK_DRIFT", drift.to_string())
+            })
         } else {
             None
         };

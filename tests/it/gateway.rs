@@ -81,6 +81,7 @@ sinks:
 struct Server {
     child: Child,
     flight: String,
+    http: String,
 }
 
 impl Server {
@@ -100,7 +101,16 @@ impl Server {
             .find_map(|w| w.strip_prefix("flight="))
             .unwrap_or_else(|| panic!("no flight address in {line:?}"))
             .to_string();
-        Self { child, flight }
+        let http = line
+            .split_whitespace()
+            .find_map(|w| w.strip_prefix("http="))
+            .unwrap_or_else(|| panic!("no http address in {line:?}"))
+            .to_string();
+        Self {
+            child,
+            flight,
+            http,
+        }
     }
 
     fn kill9(mut self) {
@@ -621,5 +631,54 @@ async fn pyarrow_flight_pushes_and_pulls() {
             .as_str()
             .unwrap()
             .ends_with("(updated)")
+    );
+}
+
+/// The original protocol from clients we did not write: a plain HTTP client drives the JSON API
+/// (push, paged pull, checkpoint, errors, metrics) and a WebSocket client speaks the binary
+/// framing (push, pull, a broadcast to another connection, text frames refused).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http_and_websocket_clients_speak_the_original_protocol() {
+    let Some(python) = crate::support::service_env("python tools", "LAKESYNC_PYTHON") else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(&config(dir.path(), "", "1s"));
+    let url = format!("http://{}", server.http);
+    let out = dir.path().join("http.jsonl");
+    let (ta, tb, admin) = (
+        token("alice", "client"),
+        token("bob", "client"),
+        token("ops", "admin"),
+    );
+    let env = [
+        ("LAKESYNC_TOKEN_A", ta.as_str()),
+        ("LAKESYNC_TOKEN_B", tb.as_str()),
+        ("LAKESYNC_ADMIN_TOKEN", admin.as_str()),
+    ];
+    run_python(
+        &python,
+        "http_interop.py",
+        &[
+            "--url",
+            &url,
+            "--gateway",
+            "test-gw",
+            "--out",
+            out.to_str().unwrap(),
+            "--prefix",
+            "h-",
+        ],
+        &env,
+    );
+    let rows = interop_rows(&out);
+    assert!(rows["a"].values().all(|r| r["owner"] == json!("alice")));
+    assert!(rows["b"].values().all(|r| r["owner"] == json!("bob")));
+    assert!(!rows["a"].is_empty() && !rows["b"].is_empty());
+    run_python(
+        &python,
+        "ws_interop.py",
+        &["--url", &url, "--gateway", "test-gw"],
+        &env,
     );
 }

@@ -250,7 +250,14 @@ def main() -> int:
         )
     got, seconds = heard
     ok(f"client B: 0x03 broadcast of {row_id} after {seconds * 1000:.0f} ms")
-    for key in ("op", "table", "rowId", "clientId", "hlc", "deltaId"):
+    # The gateway sends rows as snapshots of their merged state (docs/gateway.md): the op, writer,
+    # HLC and values are the pushed delta's, the delta id is the snapshot's own.
+    check(
+        isinstance(got["deltaId"], str) and len(got["deltaId"]) == 64,
+        "  the broadcast delta has a 64-hex-digit deltaId",
+        f"got {got['deltaId']!r}",
+    )
+    for key in ("op", "table", "rowId", "clientId", "hlc"):
         check(got[key] == delta[key], f"  the broadcast delta's {key} is {delta[key]!r}", f"got {got[key]!r}")
     got_values = {c["column"]: c["value"] for c in got["columns"]}
     check(got_values == values, f"  the broadcast delta's columns are {values}", f"got {got_values}")
