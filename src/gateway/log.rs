@@ -41,6 +41,8 @@ pub struct StoredRecord {
     pub accepted_ms: u64,
     /// The accepted deltas.
     pub deltas: RecordBatch,
+    /// The bytes the record takes in the log.
+    pub stored_bytes: usize,
 }
 
 /// The durable log (see the module docs).
@@ -138,6 +140,7 @@ impl LogStore {
                 let seq: i64 = row.get(0);
                 let blob: Vec<u8> = row.get(4);
                 Ok(StoredRecord {
+                    stored_bytes: blob.len(),
                     seq: seq as u64,
                     table: row.get(1),
                     client_id: row.get(2),

@@ -97,10 +97,9 @@ pub fn check_batch(
     let mut rejections = Vec::new();
     let mut max_hlc = 0;
     for row in 0..conformed.num_rows() {
-        let delta_id = hex::encode(cols.delta_id.value(row));
         let reject = |code, message: String| Rejection {
             row,
-            delta_id: delta_id.clone(),
+            delta_id: hex::encode(cols.delta_id.value(row)),
             code,
             message,
             drift: None,

@@ -41,7 +41,7 @@ pub struct RowStore {
     table: TableRef,
     segments: Vec<RecordBatch>,
     /// Row id → (segment, row) of the row's current state.
-    index: HashMap<String, (u32, u32)>,
+    index: HashMap<String, (u32, u32), foldhash::fast::RandomState>,
     /// Rows in `segments` that `index` no longer points at.
     stale: usize,
     /// A one-row tombstone of the current schema: the state of a row never seen.
@@ -63,7 +63,7 @@ impl RowStore {
         Ok(Self {
             table,
             segments: Vec::new(),
-            index: HashMap::new(),
+            index: HashMap::default(),
             stale: 0,
             tombstone,
         })
@@ -219,7 +219,7 @@ impl RowStore {
             .iter()
             .enumerate()
             .map(|(i, (k, _))| ((*k).clone(), (0, i as u32)))
-            .collect();
+            .collect::<HashMap<_, _, foldhash::fast::RandomState>>();
         self.segments = vec![merged];
         self.stale = 0;
         Ok(())

@@ -299,8 +299,19 @@ impl FlightEncoder {
         Ok(out)
     }
 
+    /// A message carrying only `app_metadata`: an IPC message of header type NONE, which Flight
+    /// readers (Rust and C++) pass on without data.
     fn metadata_only(metadata: Value) -> FlightData {
-        FlightData::new().with_app_metadata(Bytes::from(metadata.to_string()))
+        let mut fbb = flatbuffers::FlatBufferBuilder::new();
+        let mut message = arrow::ipc::MessageBuilder::new(&mut fbb);
+        message.add_version(arrow::ipc::MetadataVersion::V5);
+        message.add_header_type(arrow::ipc::MessageHeader::NONE);
+        message.add_bodyLength(0);
+        let root = message.finish();
+        fbb.finish(root, None);
+        FlightData::new()
+            .with_data_header(Bytes::copy_from_slice(fbb.finished_data()))
+            .with_app_metadata(Bytes::from(metadata.to_string()))
     }
 }
 

@@ -682,3 +682,108 @@ async fn http_and_websocket_clients_speak_the_original_protocol() {
         &env,
     );
 }
+
+/// Real time over Flight: a DoExchange subscriber gets the backlog after its cursor, then every
+/// change its rules allow as it is accepted — and pushes on the same stream are acknowledged.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn do_exchange_streams_changes_as_they_are_accepted() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(&config(dir.path(), "", "1s"));
+    let mut alice = server.client(&token("alice", "client")).await;
+    let mut bob = server.client(&token("bob", "client")).await;
+    push(
+        &mut alice,
+        &[delta(
+            DeltaOp::Insert,
+            "old",
+            "alice",
+            hlc(-500, 0),
+            &[("owner", json!("bob")), ("title", json!("backlog"))],
+        )],
+    )
+    .await
+    .unwrap();
+
+    // Bob subscribes from the beginning; his first outbound message names the subscription and
+    // carries one of his own pushes.
+    let descriptor = FlightDescriptor::new_cmd(
+        json!({"subscribe": {"tables": ["todos"], "cursor": "0"}, "table": "todos"}).to_string(),
+    );
+    let own = deltas_to_batch(
+        &table(),
+        &[delta(
+            DeltaOp::Insert,
+            "mine",
+            "bob",
+            hlc(0, 0),
+            &[("owner", json!("bob")), ("title", json!("own"))],
+        )],
+    )
+    .unwrap();
+    let (tx, rx) = futures::channel::mpsc::unbounded();
+    tx.unbounded_send(Ok(own)).unwrap();
+    let outbound = FlightDataEncoderBuilder::new()
+        .with_flight_descriptor(Some(descriptor))
+        .build(rx);
+    let mut inbound = bob.do_exchange(outbound).await.unwrap().into_inner();
+
+    let mut seen: Vec<String> = Vec::new();
+    let mut acked = false;
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+    let mut pushed_live = false;
+    while !(acked && seen.contains(&"live".to_string())) {
+        let item = tokio::time::timeout_at(deadline, inbound.next())
+            .await
+            .expect("changes arrive within 10 s")
+            .expect("the stream stays open")
+            .unwrap();
+        match item.payload {
+            DecodedPayload::RecordBatch(batch) => {
+                seen.extend(
+                    batch_to_deltas(&batch)
+                        .unwrap()
+                        .into_iter()
+                        .map(|d| d.row_id),
+                );
+            }
+            DecodedPayload::None if !item.inner.app_metadata.is_empty() => {
+                let meta: Value = serde_json::from_slice(&item.inner.app_metadata).unwrap();
+                assert_eq!(meta["ack"], json!(true), "{meta}");
+                assert_eq!(meta["accepted"], json!(1), "{meta}");
+                acked = true;
+            }
+            _ => {}
+        }
+        if seen.contains(&"old".to_string()) && !pushed_live {
+            // Alice writes a row for Bob and one Bob may not see, while he is subscribed.
+            push(
+                &mut alice,
+                &[
+                    delta(
+                        DeltaOp::Insert,
+                        "hidden",
+                        "alice",
+                        hlc(0, 1),
+                        &[("owner", json!("alice"))],
+                    ),
+                    delta(
+                        DeltaOp::Insert,
+                        "live",
+                        "alice",
+                        hlc(0, 2),
+                        &[("owner", json!("bob"))],
+                    ),
+                ],
+            )
+            .await
+            .unwrap();
+            pushed_live = true;
+        }
+    }
+    assert!(
+        seen.contains(&"old".to_string()),
+        "the backlog came first: {seen:?}"
+    );
+    assert!(!seen.contains(&"hidden".to_string()), "no leak: {seen:?}");
+    drop(tx);
+}

@@ -82,6 +82,16 @@ fn router_with(state: HttpState) -> Router {
         .route("/v1/admin/schema/{gw}", post(routes::admin_schema))
         .route("/v1/admin/sync-rules/{gw}", post(routes::admin_sync_rules))
         .route("/v1/admin/metrics/{gw}", get(routes::admin_metrics))
+        .route("/v1/connectors/types", get(routes::connector_types))
+        .route("/connectors/types", any(routes::legacy))
+        .route(
+            "/v1/admin/connectors/{gw}",
+            get(routes::admin_list_connectors).post(routes::admin_register_connector),
+        )
+        .route(
+            "/v1/admin/connectors/{gw}/{name}",
+            axum::routing::delete(routes::admin_unregister_connector),
+        )
         .fallback(routes::not_found)
         .method_not_allowed_fallback(routes::not_found)
         .layer(axum::middleware::from_fn_with_state(

@@ -33,6 +33,9 @@ use std::time::{Duration, Instant};
 
 use axum::extract::ws::rejection::WebSocketUpgradeRejection;
 use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
+
+/// Read and write buffer size per WebSocket connection.
+const SOCKET_BUFFER_BYTES: usize = 4 << 10;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode, Uri};
 use axum::response::Response;
@@ -195,7 +198,11 @@ pub async fn upgrade(
         window_count: 0,
     };
     let shutdown = state.ws.shutdown.subscribe();
+    // Small socket buffers: an idle subscriber should cost kilobytes, not the 128 KiB read and
+    // write buffers tungstenite allocates by default; frames larger than them still pass.
     Ok(upgrade
+        .read_buffer_size(SOCKET_BUFFER_BYTES)
+        .write_buffer_size(SOCKET_BUFFER_BYTES)
         .max_message_size(cap)
         .max_frame_size(cap)
         .on_upgrade(move |socket| connection.run(socket, shutdown, slot)))
