@@ -115,6 +115,7 @@ pub async fn build_with(plan: &Plan, gateways: &HashMap<String, Gateway>) -> Res
         flush: FlushPolicy {
             max_rows: plan.flush.max_rows as usize,
             max_bytes: plan.flush.max_bytes.0 as usize,
+            max_table_bytes: plan.flush.max_table_bytes.map(|b| b.0 as usize),
             max_age: plan.flush.max_age.0,
         },
         sources,

@@ -63,7 +63,7 @@ pub struct PipelineSpec {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(
     deny_unknown_fields,
-    expecting = "flush settings: a mapping with max_rows, max_bytes, max_age"
+    expecting = "flush settings: a mapping with max_rows, max_bytes, max_table_bytes, max_age"
 )]
 pub struct FlushSpec {
     /// Flush after this many deltas (default 100000).
@@ -72,6 +72,10 @@ pub struct FlushSpec {
     /// Flush after this many bytes of buffered deltas (default 64MiB).
     #[serde(default = "FlushSpec::default_max_bytes")]
     pub max_bytes: HumanSize,
+    /// Flush when any one table's buffered deltas reach this many bytes (default: no per-table
+    /// budget), so one busy table cannot hold the others' changes back.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_table_bytes: Option<HumanSize>,
     /// Flush when the oldest buffered delta is this old (default 5s).
     #[serde(default = "FlushSpec::default_max_age")]
     pub max_age: HumanDuration,
@@ -97,6 +101,7 @@ impl Default for FlushSpec {
         Self {
             max_rows: Self::default_max_rows(),
             max_bytes: Self::default_max_bytes(),
+            max_table_bytes: None,
             max_age: Self::default_max_age(),
         }
     }

@@ -319,6 +319,9 @@ impl<'s> Validator<'s> {
         if spec.flush.max_rows == 0 {
             self.error("flush.max_rows", "must be at least 1");
         }
+        if spec.flush.max_table_bytes.is_some_and(|b| b.get() == 0) {
+            self.error("flush.max_table_bytes", "must be more than 0 bytes");
+        }
         if spec.flush.max_bytes.get() == 0 {
             self.error("flush.max_bytes", "must be more than 0 bytes");
         }

@@ -40,6 +40,8 @@ pub struct FlushPolicy {
     pub max_rows: usize,
     /// Buffered bytes (Arrow memory).
     pub max_bytes: usize,
+    /// Flush when one table's buffered bytes reach this (a per-table budget).
+    pub max_table_bytes: Option<usize>,
     /// Age of the oldest buffered batch.
     pub max_age: Duration,
 }
@@ -49,6 +51,7 @@ impl Default for FlushPolicy {
         Self {
             max_rows: 100_000,
             max_bytes: 64 << 20,
+            max_table_bytes: None,
             max_age: Duration::from_secs(5),
         }
     }
@@ -320,6 +323,7 @@ pub async fn run(
     let mut stopping = false;
     let mut buffered: Vec<(usize, SourceBatch)> = Vec::new();
     let (mut rows, mut bytes) = (0usize, 0usize);
+    let mut table_bytes: std::collections::HashMap<String, usize> = Default::default();
     let mut oldest: Option<Instant> = None;
     let mut flush_requests = graph.flush_requests.take();
     let mut waiting: Vec<FlushRequest> = Vec::new();
@@ -348,6 +352,13 @@ pub async fn run(
             let batch = batch?;
             rows += batch.batch.num_rows();
             bytes += batch.batch.get_array_memory_size();
+            if let Some(budget) = graph.flush.max_table_bytes {
+                let t = table_bytes.entry(batch.table.table.clone()).or_default();
+                *t += batch.batch.get_array_memory_size();
+                if *t >= budget {
+                    tracing::debug!(pipeline = %graph.name, table = %batch.table.table, "table reached its flush budget");
+                }
+            }
             *summary
                 .source_rows
                 .entry(graph.sources[i].name().to_string())
@@ -359,6 +370,10 @@ pub async fn run(
         let due = forced
             || rows >= graph.flush.max_rows
             || bytes >= graph.flush.max_bytes
+            || graph
+                .flush
+                .max_table_bytes
+                .is_some_and(|budget| table_bytes.values().any(|b| *b >= budget))
             || deadline.is_some_and(|d| Instant::now() >= d)
             || ended
             || stopping;
@@ -376,6 +391,7 @@ pub async fn run(
             .await?;
             progress.committed(epoch);
             (rows, bytes, oldest) = (0, 0, None);
+            table_bytes.clear();
         }
         if due {
             for reply in waiting.drain(..) {

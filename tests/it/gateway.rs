@@ -787,3 +787,44 @@ async fn do_exchange_streams_changes_as_they_are_accepted() {
     assert!(!seen.contains(&"hidden".to_string()), "no leak: {seen:?}");
     drop(tx);
 }
+
+/// A table reaching its flush budget is flushed without waiting for the age threshold.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_table_over_its_budget_is_flushed() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(&config(dir.path(), "", "1h, max_table_bytes: 1KiB"));
+    let mut a = server.client(&token("alice", "client")).await;
+    let rows: Vec<RowDelta> = (0..50)
+        .map(|i| {
+            delta(
+                DeltaOp::Insert,
+                &format!("t{i}"),
+                "alice",
+                hlc(0, i),
+                &[("title", json!("x".repeat(40))), ("owner", json!("alice"))],
+            )
+        })
+        .collect();
+    assert_eq!(push(&mut a, &rows).await.unwrap()["accepted"], 50);
+    let db = dir.path().join("out.sqlite");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+    loop {
+        if db.exists() {
+            let pool = sqlx::SqlitePool::connect(&format!("sqlite://{}", db.display()))
+                .await
+                .unwrap();
+            let n: i64 = sqlx::query_scalar("SELECT count(*) FROM lakesync_deltas")
+                .fetch_one(&pool)
+                .await
+                .unwrap_or(0);
+            if n == 50 {
+                break;
+            }
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the budget did not trigger a flush"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+}
