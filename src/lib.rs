@@ -12,6 +12,7 @@ pub use lakesync_operators::{Error, ErrorKind, Result};
 
 pub mod adapters;
 pub mod build;
+pub mod client;
 pub mod config;
 pub mod demo;
 pub mod gateway;

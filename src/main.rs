@@ -44,6 +44,9 @@ enum Command {
         #[arg(long)]
         config: PathBuf,
     },
+    /// Pull the rows a token may see from a gateway into a local SQLite file; with `--follow`,
+    /// keep it current until Ctrl-C (see docs/client.md).
+    Sync(lakesync::client::cli::SyncArgs),
     /// Move data that has aged out of tier sinks' hot side into their cold side.
     Migrate {
         /// Pipeline files.
@@ -164,6 +167,9 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
                 );
                 let _ = std::io::stdout().flush();
             }))?;
+        }
+        Command::Sync(args) => {
+            runtime()?.block_on(lakesync::client::cli::run_sync(args))?;
         }
         Command::Migrate { files } => {
             let env = Env::process();

@@ -501,6 +501,7 @@ impl FlightService for FlightGateway {
         }
         let data = futures::stream::once(async { Ok(first) })
             .chain(inbound.map_err(FlightError::from))
+            .filter(|m| std::future::ready(!is_descriptor_only(m)))
             .boxed();
         let mut decoder = FlightDataDecoder::new(data);
         let (tx, rx) = mpsc::channel(4);
@@ -579,6 +580,7 @@ impl FlightService for FlightGateway {
         tokio::spawn(async move {
             let data = futures::stream::once(async { Ok(first) })
                 .chain(inbound.map_err(FlightError::from))
+                .filter(|m| std::future::ready(!is_descriptor_only(m)))
                 .boxed();
             let mut decoder = FlightDataDecoder::new(data);
             while let Some(item) = decoder.next().await {
@@ -718,6 +720,12 @@ impl FlightGateway {
             }),
         }
     }
+}
+
+/// A message that carries nothing but a descriptor or metadata (no IPC message), e.g. the first
+/// message of a DoExchange that only names the subscription.
+fn is_descriptor_only(m: &std::result::Result<FlightData, FlightError>) -> bool {
+    matches!(m, Ok(d) if d.data_header.is_empty() && d.data_body.is_empty())
 }
 
 /// The table and client of a DoPut, from its descriptor.

@@ -4,6 +4,7 @@
 #![allow(clippy::expect_used, clippy::unwrap_used)]
 
 mod cli;
+mod client;
 mod config;
 mod gateway;
 mod golden;
