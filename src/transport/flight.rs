@@ -210,6 +210,42 @@ impl FlightGateway {
     }
 }
 
+impl FlightGateway {
+    /// Pushes every batch of an inbound Flight stream for `client_id`, answering each with
+    /// `answer(result JSON)`; stops at the first error (sent to the caller) or when the caller
+    /// hangs up.
+    async fn push_stream<T: Send + 'static>(
+        &self,
+        data: BoxStream<'static, std::result::Result<FlightData, FlightError>>,
+        principal: Principal,
+        client_id: String,
+        table: Option<String>,
+        tx: mpsc::Sender<std::result::Result<T, Status>>,
+        answer: impl Fn(Value) -> T + Send,
+    ) {
+        let mut decoder = FlightDataDecoder::new(data);
+        while let Some(item) = decoder.next().await {
+            let reply = match item {
+                Ok(decoded) => match decoded.payload {
+                    DecodedPayload::RecordBatch(batch) => self
+                        .push_batch(&principal, &client_id, table.as_deref(), batch)
+                        .await
+                        .map(&answer)
+                        .map_err(st),
+                    _ => continue,
+                },
+                Err(e) => Err(Status::invalid_argument(format!(
+                    "VALIDATION_ERROR: bad Flight data: {e}"
+                ))),
+            };
+            let failed = reply.is_err();
+            if tx.send(reply).await.is_err() || failed {
+                break;
+            }
+        }
+    }
+}
+
 /// Parses a JSON document from request bytes, naming what it is for.
 fn parse_json(bytes: &[u8], what: &'static str) -> Result<Value> {
     serde_json::from_slice(bytes).map_err(|e| Error::invalid(what, format!("not JSON: {e}")))
@@ -503,31 +539,13 @@ impl FlightService for FlightGateway {
             .chain(inbound.map_err(FlightError::from))
             .filter(|m| std::future::ready(!is_descriptor_only(m)))
             .boxed();
-        let mut decoder = FlightDataDecoder::new(data);
         let (tx, rx) = mpsc::channel(4);
         let this = self.clone();
         tokio::spawn(async move {
-            while let Some(item) = decoder.next().await {
-                let reply = match item {
-                    Ok(decoded) => match decoded.payload {
-                        DecodedPayload::RecordBatch(batch) => this
-                            .push_batch(&principal, &client_id, table.as_deref(), batch)
-                            .await
-                            .map(|v| PutResult {
-                                app_metadata: Bytes::from(v.to_string()),
-                            })
-                            .map_err(st),
-                        _ => continue,
-                    },
-                    Err(e) => Err(Status::invalid_argument(format!(
-                        "VALIDATION_ERROR: bad Flight data: {e}"
-                    ))),
-                };
-                let failed = reply.is_err();
-                if tx.send(reply).await.is_err() || failed {
-                    break;
-                }
-            }
+            this.push_stream(data, principal, client_id, table, tx, |v| PutResult {
+                app_metadata: Bytes::from(v.to_string()),
+            })
+            .await;
         });
         Ok(Response::new(ReceiverStream::new(rx).boxed()))
     }
@@ -582,29 +600,11 @@ impl FlightService for FlightGateway {
                 .chain(inbound.map_err(FlightError::from))
                 .filter(|m| std::future::ready(!is_descriptor_only(m)))
                 .boxed();
-            let mut decoder = FlightDataDecoder::new(data);
-            while let Some(item) = decoder.next().await {
-                let reply = match item {
-                    Ok(decoded) => match decoded.payload {
-                        DecodedPayload::RecordBatch(batch) => this
-                            .push_batch(&principal, &client_id, push_table.as_deref(), batch)
-                            .await
-                            .map(|mut v| {
-                                v["ack"] = json!(true);
-                                FlightEncoder::metadata_only(v)
-                            })
-                            .map_err(st),
-                        _ => continue,
-                    },
-                    Err(e) => Err(Status::invalid_argument(format!(
-                        "VALIDATION_ERROR: bad Flight data: {e}"
-                    ))),
-                };
-                let failed = reply.is_err();
-                if tx.send(reply).await.is_err() || failed {
-                    break;
-                }
-            }
+            this.push_stream(data, principal, client_id, push_table, tx, |mut v| {
+                v["ack"] = json!(true);
+                FlightEncoder::metadata_only(v)
+            })
+            .await;
         });
         Ok(Response::new(ReceiverStream::new(rx).boxed()))
     }
