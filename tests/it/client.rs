@@ -11,7 +11,6 @@
 //! `watch`, actions, and `lakesync sync`. An ignored test prints the client benchmarks.
 
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -97,43 +96,7 @@ sinks:
     path
 }
 
-/// A running `lakesync serve`, killed on drop.
-struct Server {
-    child: Child,
-    flight: String,
-}
-
-impl Server {
-    fn start(config: &Path) -> Self {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_lakesync"))
-            .args(["serve", "--config"])
-            .arg(config)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("start lakesync serve");
-        let stdout = child.stdout.take().unwrap();
-        let mut line = String::new();
-        BufReader::new(stdout).read_line(&mut line).unwrap();
-        let flight = line
-            .split_whitespace()
-            .find_map(|w| w.strip_prefix("flight="))
-            .unwrap_or_else(|| panic!("no flight address in {line:?}"))
-            .to_string();
-        Self { child, flight }
-    }
-
-    fn url(&self) -> String {
-        format!("http://{}", self.flight)
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
+use crate::support::gateway_process::GatewayProcess as Server;
 
 fn now_secs() -> u64 {
     SystemTime::now()

@@ -7,9 +7,8 @@
 //! loses nothing.
 
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use arrow_flight::decode::DecodedPayload;
@@ -77,67 +76,7 @@ sinks:
     path
 }
 
-/// A running `lakesync serve`, killed on drop.
-struct Server {
-    child: Child,
-    flight: String,
-    http: String,
-}
-
-impl Server {
-    fn start(config: &Path) -> Self {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_lakesync"))
-            .args(["serve", "--config"])
-            .arg(config)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("start lakesync serve");
-        let stdout = child.stdout.take().unwrap();
-        let mut line = String::new();
-        BufReader::new(stdout).read_line(&mut line).unwrap();
-        let flight = line
-            .split_whitespace()
-            .find_map(|w| w.strip_prefix("flight="))
-            .unwrap_or_else(|| panic!("no flight address in {line:?}"))
-            .to_string();
-        let http = line
-            .split_whitespace()
-            .find_map(|w| w.strip_prefix("http="))
-            .unwrap_or_else(|| panic!("no http address in {line:?}"))
-            .to_string();
-        Self {
-            child,
-            flight,
-            http,
-        }
-    }
-
-    fn kill9(mut self) {
-        self.child.kill().unwrap();
-        self.child.wait().unwrap();
-    }
-
-    async fn client(&self, token: &str) -> FlightClient {
-        let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", self.flight))
-            .unwrap()
-            .connect()
-            .await
-            .unwrap();
-        let mut client = FlightClient::new(channel);
-        client
-            .add_header("authorization", &format!("Bearer {token}"))
-            .unwrap();
-        client
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
+use crate::support::gateway_process::GatewayProcess as Server;
 
 fn now_secs() -> u64 {
     SystemTime::now()

@@ -14,6 +14,8 @@
 //! that they were skipped and return early. In CI (`CI=true` or `CI=1`) a missing service is a
 //! broken set-up, never a reason to skip, so the test fails instead.
 
+pub mod gateway_process;
+
 use std::io::Write;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
