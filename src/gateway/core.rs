@@ -590,7 +590,7 @@ impl Gateway {
                     page.deltas += room;
                     page.cursor = record.first_seq + u64::from(rows[room - 1]);
                 } else {
-                    page.cursor = page_end(&page, record, cursor);
+                    page.cursor = page_end(record, cursor);
                 }
                 page.has_more = true;
                 break;
@@ -980,8 +980,7 @@ impl Ledger {
 
 /// Where a full page ends when the next record has rows to send but no room is left: just
 /// before that record (or where the previous page ended inside it).
-fn page_end(page: &PullPage, record: &Record, cursor: u64) -> u64 {
-    let _ = page;
+fn page_end(record: &Record, cursor: u64) -> u64 {
     if cursor >= record.first_seq {
         cursor
     } else {

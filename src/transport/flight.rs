@@ -751,7 +751,9 @@ fn put_target(
     }
 }
 
-/// Sends a subscriber what it may see after `start`, then every change as it is accepted.
+/// Sends a subscriber what it may see after `start`, then every change as it is accepted. When
+/// the live feed falls behind (or at the start), the subscriber catches up by pulling from its
+/// cursor, page by page; live records at or below the cursor are skipped.
 async fn send_changes(
     this: &FlightGateway,
     filter: &ClientFilter,
@@ -763,64 +765,26 @@ async fn send_changes(
 ) -> Result<()> {
     let gateway = &this.ctx.gateway;
     let limit = gateway.limits().max_pull_limit;
+    let tables = tables.as_deref();
     let mut cursor = start;
-    // The backlog, page by page; also used to catch up after falling behind.
-    async fn catch_up(
-        this: &FlightGateway,
-        filter: &ClientFilter,
-        cursor: &mut u64,
-        limit: usize,
-        tables: Option<&[String]>,
-        tx: &mpsc::Sender<std::result::Result<FlightData, Status>>,
-        encoder: &tokio::sync::Mutex<FlightEncoder>,
-    ) -> Result<bool> {
-        loop {
-            let page = this.ctx.gateway.pull(filter, *cursor, limit, tables)?;
+    let mut behind = true;
+    loop {
+        if behind {
+            let page = gateway.pull(filter, cursor, limit, tables)?;
             let meta = json!({"cursor": page.cursor.to_string()});
             for batch in &page.batches {
-                let messages = encoder.lock().await.batch(batch, meta.clone())?;
-                for m in messages {
-                    if tx.send(Ok(m)).await.is_err() {
-                        return Ok(false);
-                    }
+                if !send_batch(&tx, &encoder, batch, meta.clone()).await? {
+                    return Ok(());
                 }
             }
-            *cursor = page.cursor;
-            if !page.has_more {
-                return Ok(true);
-            }
+            cursor = page.cursor;
+            behind = page.has_more;
+            continue;
         }
-    }
-    if !catch_up(
-        this,
-        filter,
-        &mut cursor,
-        limit,
-        tables.as_deref(),
-        &tx,
-        &encoder,
-    )
-    .await?
-    {
-        return Ok(());
-    }
-    loop {
         let record = match live.recv().await {
             Ok(record) => record,
             Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
-                if !catch_up(
-                    this,
-                    filter,
-                    &mut cursor,
-                    limit,
-                    tables.as_deref(),
-                    &tx,
-                    &encoder,
-                )
-                .await?
-                {
-                    return Ok(());
-                }
+                behind = true;
                 continue;
             }
             Err(tokio::sync::broadcast::error::RecvError::Closed) => return Ok(()),
@@ -829,24 +793,30 @@ async fn send_changes(
             continue;
         }
         cursor = record.seq;
-        if tables
-            .as_ref()
-            .is_some_and(|t| !t.contains(&record.table.table))
-        {
+        if tables.is_some_and(|t| !t.contains(&record.table.table)) {
             continue;
         }
         if let Some(batch) = record.route(filter)? {
             let meta = json!({"cursor": record.seq.to_string()});
-            let messages = encoder.lock().await.batch(&batch, meta)?;
-            for m in messages {
-                if tx.send(Ok(m)).await.is_err() {
-                    return Ok(());
-                }
+            if !send_batch(&tx, &encoder, &batch, meta).await? {
+                return Ok(());
             }
         }
-        let _ = gateway;
     }
 }
 
-/// A boxed stream type, for callers that build Flight clients.
-pub type BoxFlightStream<T> = BoxStream<'static, Result<T>>;
+/// Encodes and sends one batch; false when the subscriber has gone.
+async fn send_batch(
+    tx: &mpsc::Sender<std::result::Result<FlightData, Status>>,
+    encoder: &tokio::sync::Mutex<FlightEncoder>,
+    batch: &RecordBatch,
+    metadata: Value,
+) -> Result<bool> {
+    let messages = encoder.lock().await.batch(batch, metadata)?;
+    for m in messages {
+        if tx.send(Ok(m)).await.is_err() {
+            return Ok(false);
+        }
+    }
+    Ok(true)
+}

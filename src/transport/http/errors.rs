@@ -22,20 +22,9 @@ use serde_json::json;
 
 use crate::Error;
 
-/// The text the gateway's drift rejection carries (the `Display` of [`Error::ClockDrift`]),
-/// for a drift rejection that reaches this transport as [`Error::Invalid`].
-const DRIFT_MARKER: &str = "ahead (max drift:";
-
 /// The HTTP status and API error code of `error`.
-///
-/// A delta rejected for clock drift reaches the transport as an [`Error::Invalid`] whose message
-/// holds the drift text (see `gateway::push::Rejection::to_error`); it is recognised by that
-/// text and answered 409 `CLOCK_DRIFT`, like [`Error::ClockDrift`].
 pub fn error_status(error: &Error) -> (StatusCode, &'static str) {
     match error {
-        Error::Invalid { message, .. } if message.contains(DRIFT_MARKER) => {
-            (StatusCode::CONFLICT, "CLOCK_DRIFT")
-        }
         Error::Invalid { .. } => (StatusCode::BAD_REQUEST, "VALIDATION_ERROR"),
         Error::ClockDrift { .. } => (StatusCode::CONFLICT, "CLOCK_DRIFT"),
         Error::Schema(_) => (StatusCode::UNPROCESSABLE_ENTITY, "SCHEMA_ERROR"),
@@ -165,14 +154,6 @@ mod tests {
                     ahead_ms: 10_000,
                     max_drift_ms: 5000,
                 },
-                409,
-                "CLOCK_DRIFT",
-            ),
-            (
-                Error::invalid(
-                    "delta",
-                    "delta ab (row 0): Remote clock is 9999ms ahead (max drift: 5000ms)",
-                ),
                 409,
                 "CLOCK_DRIFT",
             ),
