@@ -168,6 +168,15 @@ async fn build_source(plan: &Plan, name: &str, spec: &SourceSpec) -> Result<Box<
                 "gateway source {name:?} is built by build_with"
             )));
         }
+        SourceSpec::Postgres(_) | SourceSpec::Mysql(_) => {
+            return Err(Error::invalid(
+                "pipeline",
+                format!(
+                    "source {name:?}: this build has no {} source yet",
+                    spec.type_name()
+                ),
+            ));
+        }
         SourceSpec::Sqlite(s) => {
             let tables = s
                 .tables
@@ -210,6 +219,15 @@ pub async fn build_sink(
         SinkSpec::Iceberg(s) => {
             let catalog = catalog_config(plan, &s.catalog)?;
             Box::new(IcebergSink::connect(&catalog, &s.namespace, pipeline, name).await?)
+        }
+        SinkSpec::Postgres(_) | SinkSpec::Mysql(_) => {
+            return Err(Error::invalid(
+                "pipeline",
+                format!(
+                    "sink {name:?}: this build has no {} sink yet",
+                    spec.type_name()
+                ),
+            ));
         }
         SinkSpec::Sqlite(s) => Box::new(
             SqliteSink::open(

@@ -83,6 +83,10 @@ impl Plan {
             Some(SourceSpec::Sqlite(spec)) => {
                 spec.tables.iter().map(|t| t.table.as_str()).collect()
             }
+            Some(SourceSpec::Postgres(spec)) => {
+                spec.tables.iter().map(|t| t.table.as_str()).collect()
+            }
+            Some(SourceSpec::Mysql(spec)) => spec.tables.iter().map(|t| t.table.as_str()).collect(),
             Some(SourceSpec::Gateway(spec)) if spec.tables.is_empty() => {
                 self.tables.iter().map(|t| t.table.as_str()).collect()
             }

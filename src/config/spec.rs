@@ -282,6 +282,10 @@ tagged_enum! {
         Jsonl(JsonlSourceSpec) = "jsonl",
         /// Tables of a SQLite database, polled for changes.
         Sqlite(SqliteSourceSpec) = "sqlite",
+        /// Tables of a Postgres database: polled, read by logical decoding (CDC) or copied whole.
+        Postgres(PostgresSourceSpec) = "postgres",
+        /// Tables of a MySQL or MariaDB database: polled or read from the ROW binlog (CDC).
+        Mysql(MysqlSourceSpec) = "mysql",
         /// The sync gateway (`lakesync serve`): what clients push over Arrow Flight, HTTP and
         /// WebSocket.
         Gateway(Box<GatewaySourceSpec>) = "gateway",
@@ -303,6 +307,10 @@ tagged_enum! {
         Iceberg(IcebergSinkSpec) = "iceberg",
         /// A SQLite file of deltas and, by default, materialised tables.
         Sqlite(SqliteSinkSpec) = "sqlite",
+        /// A Postgres database: a delta log and, by default, materialised tables.
+        Postgres(PostgresSinkSpec) = "postgres",
+        /// A MySQL or MariaDB database: a delta log and, by default, materialised tables.
+        Mysql(MysqlSinkSpec) = "mysql",
         /// Parquet files of deltas, in a local directory or on S3.
         Parquet(ParquetSinkSpec) = "parquet",
         /// Routes each delta by its HLC age to a hot or a cold sink.
@@ -335,6 +343,8 @@ impl SinkSpec {
         match self {
             Self::Iceberg(s) => s.input.as_deref(),
             Self::Sqlite(s) => s.input.as_deref(),
+            Self::Postgres(s) => s.input.as_deref(),
+            Self::Mysql(s) => s.input.as_deref(),
             Self::Parquet(s) => s.input.as_deref(),
             Self::Tier(s) => s.input.as_deref(),
         }
@@ -345,6 +355,8 @@ impl SinkSpec {
         match self {
             Self::Iceberg(s) => s.required,
             Self::Sqlite(s) => s.required,
+            Self::Postgres(s) => s.required,
+            Self::Mysql(s) => s.required,
             Self::Parquet(s) => s.required,
             Self::Tier(s) => s.required,
         }
@@ -465,6 +477,116 @@ pub enum CaptureStrategy {
     Diff,
     /// A change-log table filled by triggers (sees every change, including deletes).
     DeltaLog,
+}
+
+/// A Postgres database whose tables are read by polling, logical decoding or a bulk copy.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(
+    deny_unknown_fields,
+    expecting = "a postgres source: a mapping with url and tables"
+)]
+pub struct PostgresSourceSpec {
+    /// The connection URL, e.g. `postgres://user@host:5432/db`; use `${VAR}` for secrets.
+    pub url: String,
+    /// The Postgres schema the tables live in (default `public`).
+    #[serde(default = "default_pg_schema")]
+    pub schema: String,
+    /// How often to look for changes when following (default 5s; CDC polls the slot at this
+    /// interval too).
+    #[serde(default = "default_sql_poll_interval")]
+    pub poll_interval: HumanDuration,
+    /// The tables to read, and how.
+    pub tables: Vec<SqlTableSpec>,
+    /// For `cdc` tables: the logical replication slot (default `lakesync_<source name>`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub slot: Option<String>,
+    /// For `cdc` tables: the publication (default `lakesync_<source name>`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub publication: Option<String>,
+    /// For `cdc` tables: how often an idle slot is moved past WAL that holds none of its
+    /// changes, so an idle pipeline does not make the server keep WAL (default 10s).
+    #[serde(default = "default_heartbeat_interval")]
+    pub heartbeat_interval: HumanDuration,
+    /// For `snapshot` tables: how many connections copy disjoint block ranges at once
+    /// (default 1).
+    #[serde(default = "default_parallelism")]
+    pub parallelism: u32,
+}
+
+/// A MySQL or MariaDB database whose tables are read by polling or from the ROW binlog.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(
+    deny_unknown_fields,
+    expecting = "a mysql source: a mapping with url and tables"
+)]
+pub struct MysqlSourceSpec {
+    /// The connection URL, e.g. `mysql://user@host:3306/db`; use `${VAR}` for secrets.
+    pub url: String,
+    /// How often to look for changes when following (default 5s).
+    #[serde(default = "default_sql_poll_interval")]
+    pub poll_interval: HumanDuration,
+    /// The tables to read, and how.
+    pub tables: Vec<SqlTableSpec>,
+    /// For `cdc` tables: the replica server id this source announces to the binlog (default:
+    /// derived from the source name). Must be unique among the server's replicas.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub server_id: Option<u32>,
+}
+
+fn default_pg_schema() -> String {
+    "public".to_string()
+}
+
+fn default_sql_poll_interval() -> HumanDuration {
+    HumanDuration::from_secs(5)
+}
+
+fn default_heartbeat_interval() -> HumanDuration {
+    HumanDuration::from_secs(10)
+}
+
+fn default_parallelism() -> u32 {
+    1
+}
+
+/// One table of a Postgres or MySQL source.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(
+    deny_unknown_fields,
+    expecting = "a table to read: a mapping with table and strategy"
+)]
+pub struct SqlTableSpec {
+    /// The table; when it is not declared under `tables`, its schema is discovered from the
+    /// database at run time.
+    pub table: String,
+    /// How changes are found.
+    pub strategy: SqlStrategy,
+    /// For `strategy: cursor`: a column that grows with every change (e.g. `updated_at`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cursor_column: Option<String>,
+    /// For `strategy: cursor`: how far behind the newest cursor value each poll looks again,
+    /// for rows committed late with an older cursor value (default 5s for timestamp cursors,
+    /// 0 otherwise). Rows re-read unchanged are not emitted again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lookback: Option<HumanDuration>,
+    /// The column holding the row's identity (default `id`).
+    #[serde(default = "default_id_column")]
+    pub id_column: String,
+}
+
+/// How a Postgres or MySQL source finds changed rows.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum SqlStrategy {
+    /// Rows whose `cursor_column` is past the last value seen (cannot see deletes).
+    Cursor,
+    /// Compare the table with the last snapshot (sees deletes; reads the whole table).
+    Diff,
+    /// Log-based change data capture: Postgres logical decoding (`pgoutput`), MySQL's ROW
+    /// binlog. An initial snapshot, then every insert, update and delete in commit order.
+    Cdc,
+    /// The whole table as it is now, once (a backfill): Postgres reads it with binary `COPY`.
+    Snapshot,
 }
 
 /// The sync gateway: clients push and pull over Arrow Flight, HTTP/JSON and WebSocket; what
@@ -829,6 +951,49 @@ pub struct SqliteSinkSpec {
 
 fn default_true() -> bool {
     true
+}
+
+/// A Postgres database: a delta log (`lakesync_deltas`) and, by default, materialised tables.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(
+    deny_unknown_fields,
+    expecting = "a postgres sink: a mapping with input and url"
+)]
+pub struct PostgresSinkSpec {
+    /// The source or operator to read (required, except inside a tier).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub input: Option<String>,
+    /// `true` (default): a primary sink; `false`: best-effort. Not allowed inside a tier.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub required: Option<bool>,
+    /// The connection URL; use `${VAR}` for secrets.
+    pub url: String,
+    /// The Postgres schema written to (default `public`); created if missing.
+    #[serde(default = "default_pg_schema")]
+    pub schema: String,
+    /// Keep materialised tables (synced columns + `props` + `synced_at`); default true.
+    #[serde(default = "default_true")]
+    pub materialise: bool,
+}
+
+/// A MySQL or MariaDB database: a delta log and, by default, materialised tables.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(
+    deny_unknown_fields,
+    expecting = "a mysql sink: a mapping with input and url"
+)]
+pub struct MysqlSinkSpec {
+    /// The source or operator to read (required, except inside a tier).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub input: Option<String>,
+    /// `true` (default): a primary sink; `false`: best-effort. Not allowed inside a tier.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub required: Option<bool>,
+    /// The connection URL; use `${VAR}` for secrets.
+    pub url: String,
+    /// Keep materialised tables (synced columns + `props` + `synced_at`); default true.
+    #[serde(default = "default_true")]
+    pub materialise: bool,
 }
 
 /// Parquet files of deltas.

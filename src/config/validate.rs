@@ -33,9 +33,11 @@ use super::node::{child_path, item_path};
 use super::plan::{FilterPlan, Lane, Plan, resolve};
 use super::spec::{
     CaptureStrategy, CatalogSpec, FilterSpec, GatewaySourceSpec, JsonlFormat, JsonlSourceSpec,
-    OperatorSpec, PIPELINE_VERSION, PipelineSpec, SinkSpec, SourceSpec, SqliteSourceSpec,
+    MysqlSourceSpec, OperatorSpec, PIPELINE_VERSION, PipelineSpec, PostgresSourceSpec, SinkSpec,
+    SourceSpec, SqlStrategy, SqlTableSpec, SqliteSourceSpec,
 };
 use super::suggest;
+use super::units::HumanDuration;
 use crate::Error;
 use crate::kernel::rules::{Claims, SyncRules};
 use crate::kernel::schema::{ColumnType, TableSchema};
@@ -407,6 +409,8 @@ impl<'s> Validator<'s> {
             match source {
                 SourceSpec::Jsonl(spec) => self.jsonl_source(&at, spec),
                 SourceSpec::Sqlite(spec) => self.sqlite_source(&at, spec),
+                SourceSpec::Postgres(spec) => self.postgres_source(&at, spec),
+                SourceSpec::Mysql(spec) => self.mysql_source(&at, spec),
                 SourceSpec::Gateway(spec) => self.gateway_source(&at, spec),
             }
         }
@@ -547,22 +551,109 @@ impl<'s> Validator<'s> {
         if spec.poll_interval.get().is_zero() {
             self.error(format!("{at}.poll_interval"), "must be longer than 0s");
         }
-        if spec.tables.is_empty() {
+        let tables: Vec<PolledTable<'_>> = spec
+            .tables
+            .iter()
+            .map(|t| PolledTable {
+                table: &t.table,
+                id_column: &t.id_column,
+                cursor_column: t.cursor_column.as_deref(),
+                is_cursor: t.strategy == CaptureStrategy::Cursor,
+                lookback: None,
+            })
+            .collect();
+        self.polled_tables(at, "sqlite", &tables);
+    }
+
+    fn sql_source(
+        &mut self,
+        at: &str,
+        system: &str,
+        url: &str,
+        poll_interval: &HumanDuration,
+        tables: &[SqlTableSpec],
+    ) {
+        self.non_empty(format!("{at}.url"), url);
+        if poll_interval.get().is_zero() {
+            self.error(format!("{at}.poll_interval"), "must be longer than 0s");
+        }
+        let polled: Vec<PolledTable<'_>> = tables
+            .iter()
+            .map(|t| PolledTable {
+                table: &t.table,
+                id_column: &t.id_column,
+                cursor_column: t.cursor_column.as_deref(),
+                is_cursor: t.strategy == SqlStrategy::Cursor,
+                lookback: t.lookback.as_ref(),
+            })
+            .collect();
+        self.polled_tables(at, system, &polled);
+    }
+
+    fn postgres_source(&mut self, at: &str, spec: &PostgresSourceSpec) {
+        self.sql_source(at, "postgres", &spec.url, &spec.poll_interval, &spec.tables);
+        if !is_identifier(&spec.schema) {
+            self.error(
+                format!("{at}.schema"),
+                format!("{:?} is not a valid schema name", spec.schema),
+            );
+        }
+        for (key, value) in [("slot", &spec.slot), ("publication", &spec.publication)] {
+            if let Some(name) = value {
+                // Slot names allow only lower-case letters, digits and underscores.
+                let valid = !name.is_empty()
+                    && name.len() <= 63
+                    && name
+                        .chars()
+                        .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
+                if !valid {
+                    self.error(
+                        format!("{at}.{key}"),
+                        format!("{name:?} is not a valid {key} name"),
+                    )
+                    .hint = Some("use 1–63 lower-case letters, digits and underscores".to_string());
+                }
+            }
+        }
+        if spec.heartbeat_interval.get().is_zero() {
+            self.error(format!("{at}.heartbeat_interval"), "must be longer than 0s");
+        }
+        if spec.parallelism == 0 || spec.parallelism > 64 {
+            self.error(
+                format!("{at}.parallelism"),
+                format!("{} is not between 1 and 64", spec.parallelism),
+            );
+        }
+    }
+
+    fn mysql_source(&mut self, at: &str, spec: &MysqlSourceSpec) {
+        self.sql_source(at, "mysql", &spec.url, &spec.poll_interval, &spec.tables);
+        if spec.server_id == Some(0) {
+            self.error(
+                format!("{at}.server_id"),
+                "0 is not a valid replica server id",
+            );
+        }
+    }
+
+    /// Checks the tables a polling source reads.
+    fn polled_tables(&mut self, at: &str, system: &str, tables: &[PolledTable<'_>]) {
+        if tables.is_empty() {
             self.error(
                 format!("{at}.tables"),
-                "a sqlite source needs at least one table",
+                format!("a {system} source needs at least one table"),
             );
         }
         let mut seen: HashMap<&str, usize> = HashMap::new();
-        for (i, table) in spec.tables.iter().enumerate() {
+        for (i, table) in tables.iter().enumerate() {
             let path = item_path(&format!("{at}.tables"), i);
-            if !is_identifier(&table.table) {
+            if !is_identifier(table.table) {
                 self.error(
                     format!("{path}.table"),
                     format!("{:?} is not a valid table name", table.table),
                 );
             }
-            if let Some(earlier) = seen.insert(&table.table, i) {
+            if let Some(earlier) = seen.insert(table.table, i) {
                 self.error(
                     format!("{path}.table"),
                     format!(
@@ -571,15 +662,21 @@ impl<'s> Validator<'s> {
                     ),
                 );
             }
-            self.non_empty(format!("{path}.id_column"), &table.id_column);
-            match (table.strategy, &table.cursor_column) {
-                (CaptureStrategy::Cursor, None) => {
+            self.non_empty(format!("{path}.id_column"), table.id_column);
+            if !table.id_column.is_empty() && !is_identifier(table.id_column) {
+                self.error(
+                    format!("{path}.id_column"),
+                    format!("{:?} is not a valid column name", table.id_column),
+                );
+            }
+            match (table.is_cursor, table.cursor_column) {
+                (true, None) => {
                     self.error(path.clone(), "strategy cursor needs a cursor_column").hint = Some(
                         "name a column that grows with every change, e.g. cursor_column: updated_at"
                             .to_string(),
                     );
                 }
-                (CaptureStrategy::Diff | CaptureStrategy::DeltaLog, Some(_)) => {
+                (false, Some(_)) => {
                     self.error(
                         format!("{path}.cursor_column"),
                         "cursor_column applies only to strategy: cursor",
@@ -587,53 +684,57 @@ impl<'s> Validator<'s> {
                 }
                 _ => {}
             }
-            match self.table(&table.table) {
+            if table.lookback.is_some() && !table.is_cursor {
+                self.error(
+                    format!("{path}.lookback"),
+                    "lookback applies only to strategy: cursor",
+                );
+            }
+            let Some(schema) = self.table(table.table) else {
+                self.note(
+                    format!("{path}.table"),
+                    format!(
+                        "table {:?} is not declared: its schema is discovered from the database at run time, so its columns are not checked here",
+                        table.table
+                    ),
+                );
+                continue;
+            };
+            let Some(cursor) = table.cursor_column else {
+                continue;
+            };
+            match schema.column(cursor) {
+                None if cursor == table.id_column => {}
                 None => {
-                    self.note(
-                        format!("{path}.table"),
+                    let hint = suggest::did_you_mean(
+                        cursor,
+                        schema.columns.iter().map(|c| c.name.as_str()),
+                    );
+                    self.error(
+                        format!("{path}.cursor_column"),
+                        format!("table {:?} has no column {cursor:?}", table.table),
+                    )
+                    .hint = hint;
+                }
+                Some(column)
+                    if matches!(
+                        column.column_type,
+                        ColumnType::Boolean | ColumnType::Json | ColumnType::Null
+                    ) =>
+                {
+                    self.error(
+                        format!("{path}.cursor_column"),
                         format!(
-                            "table {:?} is not declared: its schema is discovered from the database at run time, so its columns are not checked here",
-                            table.table
+                            "schema mismatch: column {cursor:?} is a {}, which cannot order changes",
+                            column.column_type.name()
                         ),
+                    )
+                    .hint = Some(
+                        "use an integer, number, timestamp or string column that grows with every change"
+                            .to_string(),
                     );
                 }
-                Some(schema) => {
-                    if let Some(cursor) = &table.cursor_column {
-                        match schema.column(cursor) {
-                            None if cursor == &table.id_column => {}
-                            None => {
-                                let hint = suggest::did_you_mean(
-                                    cursor,
-                                    schema.columns.iter().map(|c| c.name.as_str()),
-                                );
-                                self.error(
-                                    format!("{path}.cursor_column"),
-                                    format!("table {:?} has no column {cursor:?}", table.table),
-                                )
-                                .hint = hint;
-                            }
-                            Some(column)
-                                if matches!(
-                                    column.column_type,
-                                    ColumnType::Boolean | ColumnType::Json | ColumnType::Null
-                                ) =>
-                            {
-                                self.error(
-                                    format!("{path}.cursor_column"),
-                                    format!(
-                                        "schema mismatch: column {cursor:?} is a {}, which cannot order changes",
-                                        column.column_type.name()
-                                    ),
-                                )
-                                .hint = Some(
-                                    "use an integer, number, timestamp or string column that grows with every change"
-                                        .to_string(),
-                                );
-                            }
-                            Some(_) => {}
-                        }
-                    }
-                }
+                Some(_) => {}
             }
         }
     }
@@ -697,6 +798,8 @@ impl<'s> Validator<'s> {
         let names: Vec<String> = match self.spec.sources.get(&source)? {
             SourceSpec::Jsonl(spec) => vec![spec.table.clone()],
             SourceSpec::Sqlite(spec) => spec.tables.iter().map(|t| t.table.clone()).collect(),
+            SourceSpec::Postgres(spec) => spec.tables.iter().map(|t| t.table.clone()).collect(),
+            SourceSpec::Mysql(spec) => spec.tables.iter().map(|t| t.table.clone()).collect(),
             SourceSpec::Gateway(spec) => gateway_tables(self.spec, spec),
         };
         let mut declared = Vec::new();
@@ -947,6 +1050,16 @@ impl<'s> Validator<'s> {
                 }
             }
             SinkSpec::Sqlite(spec) => self.non_empty(format!("{at}.path"), &spec.path),
+            SinkSpec::Postgres(spec) => {
+                self.non_empty(format!("{at}.url"), &spec.url);
+                if !is_identifier(&spec.schema) {
+                    self.error(
+                        format!("{at}.schema"),
+                        format!("{:?} is not a valid schema name", spec.schema),
+                    );
+                }
+            }
+            SinkSpec::Mysql(spec) => self.non_empty(format!("{at}.url"), &spec.url),
             SinkSpec::Parquet(spec) => self.non_empty(format!("{at}.path"), &spec.path),
             SinkSpec::Tier(spec) => {
                 if spec.max_age.get().is_zero() {
@@ -1110,6 +1223,15 @@ pub fn gateway_tables(spec: &PipelineSpec, gateway: &GatewaySourceSpec) -> Vec<S
     } else {
         gateway.tables.clone()
     }
+}
+
+/// A table a polling source reads, as its checks need it.
+struct PolledTable<'a> {
+    table: &'a str,
+    id_column: &'a str,
+    cursor_column: Option<&'a str>,
+    is_cursor: bool,
+    lookback: Option<&'a HumanDuration>,
 }
 
 #[cfg(test)]
