@@ -8,6 +8,10 @@ use std::sync::Arc;
 use crate::adapters::iceberg::{IcebergCatalogConfig, IcebergSink};
 use crate::adapters::jsonl::{JsonlFormat, JsonlSource};
 use crate::adapters::parquet::{ParquetCompression, ParquetSink};
+use crate::adapters::postgres::{
+    PostgresSink, PostgresSinkOptions, PostgresSource, PostgresSourceOptions, PostgresStrategy,
+    PostgresTableSpec,
+};
 use crate::adapters::sqlite::{
     SqliteSink, SqliteSinkOptions, SqliteSource, SqliteSourceOptions, SqliteStrategy,
     SqliteTableSpec,
@@ -168,7 +172,8 @@ async fn build_source(plan: &Plan, name: &str, spec: &SourceSpec) -> Result<Box<
                 "gateway source {name:?} is built by build_with"
             )));
         }
-        SourceSpec::Postgres(_) | SourceSpec::Mysql(_) => {
+        SourceSpec::Postgres(s) => Box::new(postgres_source(plan, name, s)?),
+        SourceSpec::Mysql(_) => {
             return Err(Error::invalid(
                 "pipeline",
                 format!(
@@ -220,7 +225,19 @@ pub async fn build_sink(
             let catalog = catalog_config(plan, &s.catalog)?;
             Box::new(IcebergSink::connect(&catalog, &s.namespace, pipeline, name).await?)
         }
-        SinkSpec::Postgres(_) | SinkSpec::Mysql(_) => {
+        SinkSpec::Postgres(s) => Box::new(
+            PostgresSink::open(
+                &s.url,
+                &s.schema,
+                pipeline,
+                name,
+                PostgresSinkOptions {
+                    materialise: s.materialise,
+                },
+            )
+            .await?,
+        ),
+        SinkSpec::Mysql(_) => {
             return Err(Error::invalid(
                 "pipeline",
                 format!(
@@ -269,6 +286,49 @@ pub async fn build_sink(
             Box::new(TierSink::new(name, s.max_age.0, hot, cold))
         }
     })
+}
+
+/// The Postgres source of `spec`.
+fn postgres_source(
+    plan: &Plan,
+    name: &str,
+    spec: &spec::PostgresSourceSpec,
+) -> Result<PostgresSource> {
+    let tables = spec
+        .tables
+        .iter()
+        .map(|t| PostgresTableSpec {
+            table: t.table.clone(),
+            strategy: match t.strategy {
+                spec::SqlStrategy::Cursor => PostgresStrategy::Cursor {
+                    cursor_column: t.cursor_column.clone().unwrap_or_default(),
+                    lookback: t.lookback.map(|l| l.0),
+                },
+                spec::SqlStrategy::Diff => PostgresStrategy::Diff,
+                spec::SqlStrategy::Cdc => PostgresStrategy::Cdc,
+                spec::SqlStrategy::Snapshot => PostgresStrategy::Snapshot,
+            },
+            id_column: t.id_column.clone(),
+            schema: plan.table(&t.table).cloned(),
+        })
+        .collect();
+    let default_name = format!("lakesync_{}", name.to_ascii_lowercase());
+    PostgresSource::new(
+        name,
+        &spec.url,
+        tables,
+        PostgresSourceOptions {
+            pg_schema: spec.schema.clone(),
+            poll_interval: spec.poll_interval.0,
+            slot: spec.slot.clone().unwrap_or_else(|| default_name.clone()),
+            publication: spec.publication.clone().unwrap_or(default_name),
+            heartbeat_interval: spec.heartbeat_interval.0,
+            parallelism: spec.parallelism as usize,
+            batch_size: crate::adapters::postgres::source::DEFAULT_BATCH_SIZE,
+            state_dir: Some(plan.state_dir.join("sources")),
+            chunk_blocks: crate::adapters::postgres::snapshot::CHUNK_BLOCKS,
+        },
+    )
 }
 
 /// The catalogue a spec names, with paths resolved against the pipeline file.

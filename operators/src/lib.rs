@@ -5,12 +5,14 @@
 //! - [`json`]: JSON text exactly as the original TypeScript LakeSync hashes it;
 //! - [`schema`]: table schemas, column types, identifiers, add-only evolution;
 //! - [`delta_batch`]: the Arrow delta contract (reserved columns, row ⇄ Arrow);
+//! - [`bulk`]: full-row INSERT batches built straight from columnar data;
 //! - [`state`]: the row-state form the merge produces, and version keys;
 //! - [`merge`]: the column-level last-writer-wins merge kernel;
 //! - [`rules`] and [`filter`]: sync rules, compiled to vectorised predicates over rows;
 //! - [`parquet_io`] and [`proto`]: the Parquet and protobuf forms of deltas;
 //! - [`error`]: the one error type.
 
+pub mod bulk;
 pub mod delta;
 pub mod delta_batch;
 pub mod error;

@@ -4,5 +4,6 @@ pub mod diff_state;
 pub mod iceberg;
 pub mod jsonl;
 pub mod parquet;
+pub mod postgres;
 pub(crate) mod sql_common;
 pub mod sqlite;

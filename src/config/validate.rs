@@ -690,6 +690,14 @@ impl<'s> Validator<'s> {
                     "lookback applies only to strategy: cursor",
                 );
             }
+            if let Some(cursor) = table.cursor_column
+                && !is_identifier(cursor)
+            {
+                self.error(
+                    format!("{path}.cursor_column"),
+                    format!("{cursor:?} is not a valid column name"),
+                );
+            }
             let Some(schema) = self.table(table.table) else {
                 self.note(
                     format!("{path}.table"),

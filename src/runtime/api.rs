@@ -82,6 +82,14 @@ pub trait Source: Debug + Send {
         None
     }
 
+    /// Whether a crashed epoch that started at `from` can be re-read exactly. A source that
+    /// cannot (a CDC snapshot: the data has moved on) says so; the runtime then does not replay
+    /// it, and the source's next read starts from `from` afresh (see that source's docs for
+    /// what arrives again).
+    fn can_replay(&self, _from: Option<&Position>) -> bool {
+        true
+    }
+
     /// Starts reading after `resume` (from the beginning when `None`).
     async fn open(&mut self, resume: Option<Position>, mode: ReadMode) -> Result<SourceStream>;
 

@@ -276,6 +276,10 @@ pub async fn run(
             let (true, Some(end)) = (span.batches > 0, span.end.clone()) else {
                 continue;
             };
+            if !source.can_replay(span.start.as_ref()) {
+                tracing::warn!(pipeline = %graph.name, source = %source.name(), epoch = plan.epoch, "the source cannot repeat this epoch exactly; it reads afresh from the epoch's start");
+                continue;
+            }
             let mut stream = source
                 .open(span.start.clone(), ReadMode::Replay { until: end.clone() })
                 .await?;
