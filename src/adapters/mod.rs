@@ -1,6 +1,8 @@
 //! Adapters: one module per system, each a source, a sink, or both.
 
+pub mod diff_state;
 pub mod iceberg;
 pub mod jsonl;
 pub mod parquet;
+pub(crate) mod sql_common;
 pub mod sqlite;

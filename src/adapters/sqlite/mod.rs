@@ -23,7 +23,7 @@ use std::fmt::Display;
 use crate::Error;
 
 /// The name errors give the system.
-const SYSTEM: &str = "sqlite";
+pub(crate) const SYSTEM: &str = "sqlite";
 
 /// A sqlx error as a LakeSync error, saying what was being done where (`context`). Busy and
 /// locked databases, I/O failures and pool timeouts are retryable; the rest are not.

@@ -33,11 +33,11 @@
 //!
 //! [`deleted_at`]: crate::kernel::materialise::DELETED_AT_COLUMN
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::HashMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use arrow::array::RecordBatch;
 use async_trait::async_trait;
@@ -46,14 +46,16 @@ use sqlx::{Connection, Row};
 
 use super::dialect::{Bind, SqliteDialect, query_with};
 use super::{io_error, sqlite_error};
+use crate::adapters::sql_common::{
+    check_batch_fits, check_settings_unchanged, now_micros, plan_from_history, touched_rows,
+};
 use crate::kernel::delta::{ColumnDelta, DeltaId, DeltaOp, RowDelta};
-use crate::kernel::delta_batch::{batch_to_deltas, deltas_to_batch, table_schema_of};
+use crate::kernel::delta_batch::batch_to_deltas;
 use crate::kernel::hlc::HlcTimestamp;
 use crate::kernel::materialise::{
     self, DELETED_AT_COLUMN, PROPS_COLUMN, ROW_ID_COLUMN, SYNCED_AT_COLUMN, SqlDialect,
-    before_delete_state, check_materialisable, plan_materialise, rfc3339_micros, upsert_columns,
+    check_materialisable, rfc3339_micros, upsert_columns,
 };
-use crate::kernel::merge::merge;
 use crate::kernel::schema::TableSchema;
 use crate::runtime::api::{CommitStats, Sink, TableRef};
 use crate::{Error, Result};
@@ -298,29 +300,6 @@ async fn read_mark(
         .transpose()
 }
 
-fn check_settings_unchanged(old: &TableSchema, new: &TableSchema) -> Result<()> {
-    let json = |v: serde_json::Result<String>| v.unwrap_or_else(|e| e.to_string());
-    let settings = |s: &TableSchema| {
-        [
-            ("primaryKey", json(serde_json::to_string(&s.primary_key))),
-            ("softDelete", s.is_soft_delete().to_string()),
-            (
-                "externalIdColumn",
-                json(serde_json::to_string(&s.external_id_column)),
-            ),
-            ("sourceTable", json(serde_json::to_string(s.delta_table()))),
-        ]
-    };
-    for ((what, was), (_, now)) in settings(old).into_iter().zip(settings(new)) {
-        if was != now {
-            return Err(Error::schema(format!(
-                "{what} cannot change once the table is materialised (was {was}, now {now})"
-            )));
-        }
-    }
-    Ok(())
-}
-
 #[async_trait]
 impl Sink for SqliteSink {
     fn name(&self) -> &str {
@@ -358,22 +337,7 @@ impl Sink for SqliteSink {
                 table.table
             ))
         })?;
-        // The batch may predate an evolution (fewer trailing columns) but must fit the schema.
-        let carried = table_schema_of(batch.schema_ref(), crate::kernel::delta_batch::RESERVED)?;
-        for (i, col) in carried.columns.iter().enumerate() {
-            let fits = prepared
-                .columns
-                .get(i)
-                .is_some_and(|p| p.name == col.name && p.column_type == col.column_type);
-            if !fits {
-                return Err(Error::schema(format!(
-                    "{here}: a batch for table {:?} has column {:?} ({}) at position {i}, which the prepared schema does not",
-                    table.table,
-                    col.name,
-                    col.column_type.name()
-                )));
-            }
-        }
+        check_batch_fits(prepared, &batch, &here)?;
         let mut deltas = batch_to_deltas(&batch)?;
         // Batches name the destination table; the log keeps the table the deltas belong to.
         let delta_table = prepared.delta_table();
@@ -423,26 +387,12 @@ impl Sink for SqliteSink {
 
         let (mut upserted, mut deleted) = (0, 0);
         if self.options.materialise {
-            // Row ids touched per destination table.
-            let mut touched: Vec<(&str, BTreeSet<&str>)> = Vec::new();
-            for (name, deltas) in &self.buffer {
-                let slot = match touched.iter().position(|(t, _)| t == name) {
-                    Some(slot) => slot,
-                    None => {
-                        touched.push((name, BTreeSet::new()));
-                        touched.len() - 1
-                    }
-                };
-                touched[slot]
-                    .1
-                    .extend(deltas.iter().map(|d| d.row_id.as_str()));
-            }
+            let touched = touched_rows(&self.buffer);
             for (name, ids) in touched {
                 // The latest prepared schema: the table may have evolved since the write.
                 let table = self.tables.get(name).ok_or_else(|| {
                     Error::internal(format!("{here}: table {name:?} is no longer prepared"))
                 })?;
-                let ids: Vec<&str> = ids.into_iter().collect();
                 let (u, d) = materialise_rows(&mut tx, table, &ids, &synced_at, &here).await?;
                 upserted += u;
                 deleted += d;
@@ -467,12 +417,6 @@ impl Sink for SqliteSink {
         self.buffer.clear();
         Ok(stats)
     }
-}
-
-fn now_micros() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_micros()).unwrap_or(i64::MAX))
 }
 
 /// Logs deltas with `INSERT OR IGNORE`; returns (newly logged, bytes offered).
@@ -604,19 +548,7 @@ async fn materialise_rows(
     here: &str,
 ) -> Result<(u64, u64)> {
     let history = load_history(conn, schema.delta_table(), row_ids, here).await?;
-    let batch = deltas_to_batch(schema, &history).map_err(|e| {
-        Error::schema(format!(
-            "{here}: materialising table {:?}: {e}",
-            schema.table
-        ))
-    })?;
-    let state = merge(schema, None, std::slice::from_ref(&batch))?;
-    let before = if schema.is_soft_delete() {
-        before_delete_state(schema, &state, std::slice::from_ref(&batch))?
-    } else {
-        None
-    };
-    let plan = plan_materialise(schema, &state, before.as_ref())?;
+    let plan = plan_from_history(schema, &history, here)?;
     let dialect = SqliteDialect;
     let soft = schema.is_soft_delete();
 

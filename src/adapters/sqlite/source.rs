@@ -29,8 +29,9 @@
 //! arrived is longer than it was; exactly-once through such a replay needs the runtime to bound
 //! the replay by the position the epoch originally reached.
 //!
-//! **Diff state.** A diff needs the previous snapshot, which must survive restarts, and the
-//! source must not write to the database it reads. So the source keeps, in `state_dir`, a
+//! **Diff state** ([`crate::adapters::diff_state`]). A diff needs the previous snapshot, which
+//! must survive restarts, and the source must not write to the database it reads. So the source
+//! keeps, in `state_dir`, a
 //! *journal* `<source>.<table>.diff.jsonl` — one line `{"seq", "deltas"}` per emitted batch,
 //! appended and fsynced before the batch is emitted — and a *base* snapshot
 //! `<source>.<table>.diff.base.json` (`{"seq", "rows"}`). The snapshot at position `seq = k` is
@@ -51,7 +52,7 @@
 //! `REAL`/`FLOA`/`DOUB` → number, anything else → string; the id column is the row id, not a data
 //! column.
 
-use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::collections::{HashSet, VecDeque};
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -59,15 +60,14 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use futures::StreamExt;
-use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use sqlx::sqlite::{Sqlite, SqliteConnectOptions, SqliteConnection, SqliteRow};
 use sqlx::{Connection, Decode, Row, TypeInfo, ValueRef};
-use tokio::io::AsyncWriteExt;
 
 use super::dialect::{Bind, query_with};
 use super::sink::{DELTAS_TABLE, SCHEMAS_TABLE, logged_delta};
-use super::{io_error, sqlite_error};
+use super::{SYSTEM, sqlite_error};
+use crate::adapters::diff_state::{DiffState, JournalEntry, fold};
 use crate::kernel::delta::{DeltaOp, ExtractContext, RowDelta, extract_delta};
 use crate::kernel::delta_batch::{deltas_to_batch, number_to_json, parse_timestamp};
 use crate::kernel::hlc::Hlc;
@@ -391,9 +391,16 @@ impl Source for SqliteSource {
                     let dir = self.options.state_dir.as_deref().ok_or_else(|| {
                         Error::internal(format!("{here}: diff table without a state directory"))
                     })?;
-                    let (state, replay) =
-                        DiffState::open(dir, &self.name, &spec.table, id_column, seq, &here)
-                            .await?;
+                    let (state, replay) = DiffState::open(
+                        SYSTEM,
+                        dir,
+                        &self.name,
+                        &spec.table,
+                        id_column,
+                        seq,
+                        &here,
+                    )
+                    .await?;
                     replays.push((reader.tables.len(), replay));
                     Kind::Diff(state)
                 }
@@ -1082,220 +1089,4 @@ fn expected(column_type: ColumnType) -> &'static str {
         ColumnType::Timestamp => "an RFC 3339 timestamp",
         ColumnType::Json | ColumnType::Null => "JSON",
     }
-}
-
-/// Applies a delta to a snapshot of row images.
-fn fold(snapshot: &mut HashMap<String, Map<String, Value>>, delta: &RowDelta) {
-    match delta.op {
-        DeltaOp::Delete => {
-            snapshot.remove(&delta.row_id);
-        }
-        DeltaOp::Insert => {
-            snapshot.insert(
-                delta.row_id.clone(),
-                delta
-                    .columns
-                    .iter()
-                    .map(|c| (c.column.clone(), c.value.clone()))
-                    .collect(),
-            );
-        }
-        DeltaOp::Update => {
-            let row = snapshot.entry(delta.row_id.clone()).or_default();
-            for c in &delta.columns {
-                row.insert(c.column.clone(), c.value.clone());
-            }
-        }
-    }
-}
-
-/// One journal line: a diff batch as emitted.
-#[derive(Debug, Serialize, Deserialize)]
-struct JournalEntry {
-    seq: u64,
-    deltas: Vec<RowDelta>,
-}
-
-/// The base snapshot file.
-#[derive(Debug, Default, Serialize, Deserialize)]
-struct BaseSnapshot {
-    seq: u64,
-    rows: BTreeMap<String, Map<String, Value>>,
-}
-
-/// A diffed table's snapshot and state files.
-struct DiffState {
-    id_column: String,
-    /// The sequence number of the last batch folded into `snapshot`.
-    seq: u64,
-    snapshot: HashMap<String, Map<String, Value>>,
-    journal: PathBuf,
-}
-
-impl DiffState {
-    /// Rebuilds the snapshot at `seq` from the state files, compacts them, and returns the
-    /// journal entries after `seq`, to be replayed verbatim.
-    async fn open(
-        dir: &Path,
-        source: &str,
-        table: &str,
-        id_column: &str,
-        seq: u64,
-        here: &str,
-    ) -> Result<(Self, Vec<JournalEntry>)> {
-        tokio::fs::create_dir_all(dir)
-            .await
-            .map_err(|e| io_error(format!("{here}: creating {}", dir.display()), e))?;
-        let base_path = dir.join(format!("{source}.{table}.diff.base.json"));
-        let journal = dir.join(format!("{source}.{table}.diff.jsonl"));
-        let bad = |path: &Path, msg: String| {
-            Error::invalid(
-                "source state",
-                format!("{here}: table {table:?}: {}: {msg}", path.display()),
-            )
-        };
-        let base: BaseSnapshot = match tokio::fs::read(&base_path).await {
-            Ok(bytes) => serde_json::from_slice(&bytes)
-                .map_err(|e| bad(&base_path, format!("not a snapshot: {e}")))?,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => BaseSnapshot::default(),
-            Err(e) => {
-                return Err(io_error(
-                    format!("{here}: reading {}", base_path.display()),
-                    e,
-                ));
-            }
-        };
-        if base.seq > seq {
-            return Err(bad(
-                &base_path,
-                format!(
-                    "the snapshot is at seq {}, past the resume position {seq}: these state files belong to a later run; delete them to re-read the table from scratch",
-                    base.seq
-                ),
-            ));
-        }
-        let text = match tokio::fs::read_to_string(&journal).await {
-            Ok(text) => text,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
-            Err(e) => {
-                return Err(io_error(
-                    format!("{here}: reading {}", journal.display()),
-                    e,
-                ));
-            }
-        };
-        let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
-        let mut snapshot: HashMap<String, Map<String, Value>> = base.rows.into_iter().collect();
-        let mut folded = base.seq;
-        let mut replay = Vec::new();
-        for (n, line) in lines.iter().enumerate() {
-            let entry: JournalEntry = match serde_json::from_str(line) {
-                Ok(entry) => entry,
-                // A torn last line was never emitted (lines are fsynced before emitting).
-                Err(e) if n + 1 == lines.len() => {
-                    tracing::warn!(file = %journal.display(), error = %e, "ignoring a torn last journal line");
-                    break;
-                }
-                Err(e) => {
-                    return Err(bad(
-                        &journal,
-                        format!("line {} is not a journal entry: {e}", n + 1),
-                    ));
-                }
-            };
-            let expected = replay.last().map_or(folded, |e: &JournalEntry| e.seq) + 1;
-            if entry.seq <= folded {
-                continue; // compacted into the base already
-            }
-            if entry.seq != expected {
-                return Err(bad(
-                    &journal,
-                    format!("line {} has seq {}, expected {expected}", n + 1, entry.seq),
-                ));
-            }
-            if entry.seq <= seq {
-                for d in &entry.deltas {
-                    fold(&mut snapshot, d);
-                }
-                folded = entry.seq;
-            } else {
-                replay.push(entry);
-            }
-        }
-        if folded < seq {
-            tracing::warn!(
-                table,
-                position = seq,
-                journal = folded,
-                "diff journal ends before the resume position; re-diffing from the older snapshot"
-            );
-        }
-        let state = Self {
-            id_column: id_column.to_string(),
-            seq,
-            snapshot,
-            journal,
-        };
-        // Compact: base := snapshot at `seq`, journal := the lines after it.
-        let base = BaseSnapshot {
-            seq,
-            rows: state
-                .snapshot
-                .iter()
-                .map(|(k, v)| (k.clone(), v.clone()))
-                .collect(),
-        };
-        let base_text = serde_json::to_vec(&base)
-            .map_err(|e| Error::internal(format!("serialising a diff snapshot: {e}")))?;
-        write_atomically(&base_path, &base_text, here).await?;
-        let mut rest = Vec::new();
-        for entry in &replay {
-            rest.extend(journal_line(entry)?);
-        }
-        write_atomically(&state.journal, &rest, here).await?;
-        Ok((state, replay))
-    }
-
-    /// Appends a journal line and makes it durable.
-    async fn append(&self, entry: &JournalEntry, here: &str) -> Result<()> {
-        let at = |e| {
-            io_error(
-                format!("{here}: appending to {}", self.journal.display()),
-                e,
-            )
-        };
-        let mut file = tokio::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&self.journal)
-            .await
-            .map_err(at)?;
-        file.write_all(&journal_line(entry)?).await.map_err(at)?;
-        file.sync_data().await.map_err(at)
-    }
-}
-
-fn journal_line(entry: &JournalEntry) -> Result<Vec<u8>> {
-    let mut line = serde_json::to_vec(entry)
-        .map_err(|e| Error::internal(format!("serialising a diff journal entry: {e}")))?;
-    line.push(b'\n');
-    Ok(line)
-}
-
-/// Replaces `path` with `bytes` (write a temporary file, fsync, rename).
-async fn write_atomically(path: &Path, bytes: &[u8], here: &str) -> Result<()> {
-    let tmp = path.with_extension("tmp");
-    let at = |e| io_error(format!("{here}: writing {}", path.display()), e);
-    let mut file = tokio::fs::File::create(&tmp).await.map_err(at)?;
-    file.write_all(bytes).await.map_err(at)?;
-    file.sync_all().await.map_err(at)?;
-    drop(file);
-    tokio::fs::rename(&tmp, path).await.map_err(at)?;
-    if let Some(dir) = path.parent()
-        && let Ok(d) = tokio::fs::File::open(dir).await
-    {
-        // Makes the rename durable where the platform allows syncing a directory.
-        d.sync_all().await.ok();
-    }
-    Ok(())
 }

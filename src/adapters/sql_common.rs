@@ -1,0 +1,119 @@
+//! Pieces the SQL sinks (SQLite, MySQL, …) share: the checks a prepared table and a written batch
+//! must pass, and the planning half of materialisation.
+//!
+//! Materialising a set of touched rows is: load each row's *whole* logged history, fold it with
+//! the kernel's LWW [`merge`], and plan the upserts and deletes with [`plan_materialise`]
+//! ([`plan_from_history`]). Only the loading and the executing differ per database.
+
+use std::collections::BTreeSet;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use arrow::array::RecordBatch;
+
+use crate::kernel::delta::RowDelta;
+use crate::kernel::delta_batch::{RESERVED, deltas_to_batch, table_schema_of};
+use crate::kernel::materialise::{MaterialisePlan, before_delete_state, plan_materialise};
+use crate::kernel::merge::merge;
+use crate::kernel::schema::TableSchema;
+use crate::{Error, Result};
+
+/// Now, in microseconds since the Unix epoch.
+pub(crate) fn now_micros() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_micros()).unwrap_or(i64::MAX))
+}
+
+/// Checks that a materialised table's settings (`primaryKey`, `softDelete`, `externalIdColumn`,
+/// `sourceTable`) did not change between the recorded schema `old` and `new`.
+pub(crate) fn check_settings_unchanged(old: &TableSchema, new: &TableSchema) -> Result<()> {
+    let json = |v: serde_json::Result<String>| v.unwrap_or_else(|e| e.to_string());
+    let settings = |s: &TableSchema| {
+        [
+            ("primaryKey", json(serde_json::to_string(&s.primary_key))),
+            ("softDelete", s.is_soft_delete().to_string()),
+            (
+                "externalIdColumn",
+                json(serde_json::to_string(&s.external_id_column)),
+            ),
+            ("sourceTable", json(serde_json::to_string(s.delta_table()))),
+        ]
+    };
+    for ((what, was), (_, now)) in settings(old).into_iter().zip(settings(new)) {
+        if was != now {
+            return Err(Error::schema(format!(
+                "{what} cannot change once the table is materialised (was {was}, now {now})"
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// Checks that a delta batch fits the `prepared` schema of its table: it may predate an evolution
+/// (fewer trailing columns), but every column it carries must be the prepared one at its position.
+pub(crate) fn check_batch_fits(
+    prepared: &TableSchema,
+    batch: &RecordBatch,
+    here: &str,
+) -> Result<()> {
+    let carried = table_schema_of(batch.schema_ref(), RESERVED)?;
+    for (i, col) in carried.columns.iter().enumerate() {
+        let fits = prepared
+            .columns
+            .get(i)
+            .is_some_and(|p| p.name == col.name && p.column_type == col.column_type);
+        if !fits {
+            return Err(Error::schema(format!(
+                "{here}: a batch for table {:?} has column {:?} ({}) at position {i}, which the prepared schema does not",
+                prepared.table,
+                col.name,
+                col.column_type.name()
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// The row ids touched per destination table by buffered `(table, deltas)` writes, tables in
+/// first-write order, ids sorted.
+pub(crate) fn touched_rows(buffer: &[(String, Vec<RowDelta>)]) -> Vec<(&str, Vec<&str>)> {
+    let mut touched: Vec<(&str, BTreeSet<&str>)> = Vec::new();
+    for (name, deltas) in buffer {
+        let slot = match touched.iter().position(|(t, _)| t == name) {
+            Some(slot) => slot,
+            None => {
+                touched.push((name, BTreeSet::new()));
+                touched.len() - 1
+            }
+        };
+        touched[slot]
+            .1
+            .extend(deltas.iter().map(|d| d.row_id.as_str()));
+    }
+    touched
+        .into_iter()
+        .map(|(t, ids)| (t, ids.into_iter().collect()))
+        .collect()
+}
+
+/// Plans the writes that make `schema`'s materialised table hold the LWW fold of `history` (the
+/// whole logged history of the rows concerned).
+pub(crate) fn plan_from_history(
+    schema: &TableSchema,
+    history: &[RowDelta],
+    here: &str,
+) -> Result<MaterialisePlan> {
+    let batch = deltas_to_batch(schema, history).map_err(|e| {
+        Error::schema(format!(
+            "{here}: materialising table {:?}: {e}",
+            schema.table
+        ))
+    })?;
+    let state = merge(schema, None, std::slice::from_ref(&batch))?;
+    let before = if schema.is_soft_delete() {
+        before_delete_state(schema, &state, std::slice::from_ref(&batch))?
+    } else {
+        None
+    };
+    plan_materialise(schema, &state, before.as_ref())
+}
