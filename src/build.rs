@@ -7,6 +7,9 @@ use std::sync::Arc;
 
 use crate::adapters::iceberg::{IcebergCatalogConfig, IcebergSink};
 use crate::adapters::jsonl::{JsonlFormat, JsonlSource};
+use crate::adapters::mysql::{
+    MysqlSink, MysqlSinkOptions, MysqlSource, MysqlSourceOptions, MysqlStrategy, MysqlTableSpec,
+};
 use crate::adapters::parquet::{ParquetCompression, ParquetSink};
 use crate::adapters::sqlite::{
     SqliteSink, SqliteSinkOptions, SqliteSource, SqliteSourceOptions, SqliteStrategy,
@@ -168,7 +171,7 @@ async fn build_source(plan: &Plan, name: &str, spec: &SourceSpec) -> Result<Box<
                 "gateway source {name:?} is built by build_with"
             )));
         }
-        SourceSpec::Postgres(_) | SourceSpec::Mysql(_) => {
+        SourceSpec::Postgres(_) => {
             return Err(Error::invalid(
                 "pipeline",
                 format!(
@@ -177,6 +180,7 @@ async fn build_source(plan: &Plan, name: &str, spec: &SourceSpec) -> Result<Box<
                 ),
             ));
         }
+        SourceSpec::Mysql(s) => Box::new(mysql_source(plan, name, s).await?),
         SourceSpec::Sqlite(s) => {
             let tables = s
                 .tables
@@ -208,6 +212,43 @@ async fn build_source(plan: &Plan, name: &str, spec: &SourceSpec) -> Result<Box<
     })
 }
 
+/// Builds a MySQL source: `strategy: snapshot` is a streamed full read, `lookback` is not
+/// supported yet.
+async fn mysql_source(plan: &Plan, name: &str, s: &spec::MysqlSourceSpec) -> Result<MysqlSource> {
+    let mut tables = Vec::with_capacity(s.tables.len());
+    for (i, t) in s.tables.iter().enumerate() {
+        if t.lookback.is_some() {
+            return Err(Error::invalid(
+                "pipeline",
+                format!(
+                    "sources.{name}.tables[{i}].lookback: the mysql source does not support lookback yet; remove it (rows are read by the (cursor, id) pair)"
+                ),
+            ));
+        }
+        let id_column = t.id_column.clone();
+        let strategy = match t.strategy {
+            spec::SqlStrategy::Cursor => MysqlStrategy::Cursor {
+                cursor_column: t.cursor_column.clone().unwrap_or_default(),
+                id_column,
+            },
+            spec::SqlStrategy::Diff => MysqlStrategy::Diff { id_column },
+            spec::SqlStrategy::Snapshot => MysqlStrategy::Snapshot { id_column },
+            spec::SqlStrategy::Cdc => MysqlStrategy::Cdc { id_column },
+        };
+        tables.push(MysqlTableSpec {
+            table: t.table.clone(),
+            strategy,
+            schema: plan.table(&t.table).cloned(),
+        });
+    }
+    let options = MysqlSourceOptions {
+        state_dir: Some(plan.state_dir.join("sources")),
+        server_id: s.server_id,
+        ..Default::default()
+    };
+    MysqlSource::open(&s.url, name, tables, options).await
+}
+
 /// Builds the sink `name` of `spec`, marking its commits as `pipeline`'s.
 pub async fn build_sink(
     plan: &Plan,
@@ -220,7 +261,7 @@ pub async fn build_sink(
             let catalog = catalog_config(plan, &s.catalog)?;
             Box::new(IcebergSink::connect(&catalog, &s.namespace, pipeline, name).await?)
         }
-        SinkSpec::Postgres(_) | SinkSpec::Mysql(_) => {
+        SinkSpec::Postgres(_) => {
             return Err(Error::invalid(
                 "pipeline",
                 format!(
@@ -229,6 +270,17 @@ pub async fn build_sink(
                 ),
             ));
         }
+        SinkSpec::Mysql(s) => Box::new(
+            MysqlSink::open(
+                &s.url,
+                pipeline,
+                name,
+                MysqlSinkOptions {
+                    materialise: s.materialise,
+                },
+            )
+            .await?,
+        ),
         SinkSpec::Sqlite(s) => Box::new(
             SqliteSink::open(
                 &plan.resolve_path(&s.path),

@@ -3,6 +3,7 @@
 pub mod diff_state;
 pub mod iceberg;
 pub mod jsonl;
+pub mod mysql;
 pub mod parquet;
 pub(crate) mod sql_common;
 pub mod sqlite;
