@@ -207,7 +207,7 @@ impl MysqlSink {
             schema.validate()?;
         }
         let recorded: Option<String> =
-            sqlx::query_scalar("SELECT schema_json FROM _lakesync_schemas WHERE `table` = ?")
+            sqlx::query_scalar("SELECT CAST(schema_json AS CHAR) FROM _lakesync_schemas WHERE `table` = ?")
                 .bind(&schema.table)
                 .fetch_optional(&mut *conn)
                 .await
@@ -493,25 +493,26 @@ async fn load_history(
     Ok(out)
 }
 
-/// A delta from a `lakesync_deltas` row.
+/// A delta from a `lakesync_deltas` row. Text columns have the binary collation, which MySQL
+/// reports as binary types, hence the unchecked reads (the values are UTF-8 text LakeSync wrote).
 fn logged_delta(row: &sqlx::mysql::MySqlRow, table: &str) -> std::result::Result<RowDelta, String> {
     let get_err = |what: &str, e: sqlx::Error| format!("column {what}: {e}");
     let id: Vec<u8> = row
         .try_get("delta_id")
         .map_err(|e| get_err("delta_id", e))?;
-    let row_id: String = row.try_get("row_id").map_err(|e| get_err("row_id", e))?;
+    let row_id: String = row.try_get_unchecked("row_id").map_err(|e| get_err("row_id", e))?;
     let delta_id = DeltaId(
         <[u8; 32]>::try_from(id.as_slice())
             .map_err(|_| format!("row {row_id:?} has a {}-byte delta_id, not 32", id.len()))?,
     );
     let client_id: String = row
-        .try_get("client_id")
+        .try_get_unchecked("client_id")
         .map_err(|e| get_err("client_id", e))?;
     let hlc: u64 = row.try_get("hlc").map_err(|e| get_err("hlc", e))?;
     let op: u8 = row.try_get("op").map_err(|e| get_err("op", e))?;
     let op = DeltaOp::from_code(op)
         .map_err(|_| format!("delta {delta_id} has op {op}, not 1, 2 or 3"))?;
-    let columns: String = row.try_get("columns").map_err(|e| get_err("columns", e))?;
+    let columns: String = row.try_get_unchecked("columns").map_err(|e| get_err("columns", e))?;
     let columns: Vec<ColumnDelta> = serde_json::from_str(&columns).map_err(|e| {
         format!("delta {delta_id} has columns that are not [{{column, value}}] JSON: {e}")
     })?;
