@@ -675,10 +675,12 @@ async fn mysql_hostile_names_are_rejected_and_hostile_data_is_stored_literally()
     assert!(hostile_schema.validate().is_err());
 
     let sink_pool = pool(&sink_url(&url, &sink_db)).await;
-    let row = sqlx::query("SELECT CAST(row_id AS CHAR), CAST(title AS CHAR), CAST(meta AS CHAR) FROM victim")
-        .fetch_one(&sink_pool)
-        .await
-        .expect("the table still exists, with the row");
+    let row = sqlx::query(
+        "SELECT CAST(row_id AS CHAR), CAST(title AS CHAR), CAST(meta AS CHAR) FROM victim",
+    )
+    .fetch_one(&sink_pool)
+    .await
+    .expect("the table still exists, with the row");
     assert_eq!(row.get::<String, _>(0), "r'1`");
     assert_eq!(row.get::<String, _>(1), evil_text);
     let meta: Value = serde_json::from_str(&row.get::<String, _>(2)).unwrap();
@@ -741,11 +743,132 @@ async fn mysql_sink_commits_are_idempotent_by_epoch_and_delta_id() {
     ));
     sink.prepare(std::slice::from_ref(&evolved)).await.unwrap();
     let sink_pool = pool(&sink_url(&url, &sink_db)).await;
-    let (title, due): (String, Option<String>) =
-        sqlx::query_as("SELECT CAST(title AS CHAR), CAST(due AS CHAR) FROM todos WHERE row_id = 'a'")
-            .fetch_one(&sink_pool)
-            .await
-            .unwrap();
+    let (title, due): (String, Option<String>) = sqlx::query_as(
+        "SELECT CAST(title AS CHAR), CAST(due AS CHAR) FROM todos WHERE row_id = 'a'",
+    )
+    .fetch_one(&sink_pool)
+    .await
+    .unwrap();
     assert_eq!((title.as_str(), due), ("second", None));
+    exec(&db, &format!("DROP DATABASE {sink_db}")).await;
+}
+
+/// Polls `check` every 100 ms for up to 30 s.
+async fn eventually<F, Fut>(what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    for _ in 0..300 {
+        if check().await {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    panic!("timed out waiting for {what}");
+}
+
+#[tokio::test]
+async fn mysql_cdc_follow_stops_and_resumes_from_the_committed_position() {
+    let Some(url) = mysql_url() else { return };
+    let db = pool(&url).await;
+    let table = unique_name("follow");
+    create_items(&db, &table).await;
+    let sink_db = unique_name("followdb");
+    exec(&db, &format!("CREATE DATABASE {sink_db}")).await;
+    let sink = sink_url(&url, &sink_db);
+    let dir = tempfile::tempdir().expect("temp dir");
+    let pipeline = dir.path().join("p.yaml");
+    std::fs::write(
+        &pipeline,
+        format!(
+            "version: 1\nname: follow\nstate_dir: state\nflush: {{max_age: 200ms}}\n\
+             sources:\n  db:\n    type: mysql\n    url: \"{url}\"\n    tables:\n      - {{table: {table}, strategy: cdc}}\n\
+             sinks:\n  out:\n    type: mysql\n    input: db\n    url: \"{sink}\"\n    materialise: true\n"
+        ),
+    )
+    .expect("pipeline");
+    let sink_pool = pool(&sink).await;
+    let start = |pipeline: std::path::PathBuf| async move {
+        let plan = load_plan(&pipeline, &Env::process()).expect("valid");
+        let graph = lakesync::build::build(&plan).await.expect("build");
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let handle = tokio::spawn(run(
+            graph,
+            RunOptions {
+                mode: ReadMode::Follow {
+                    poll_interval: std::time::Duration::from_millis(100),
+                },
+                progress: false,
+            },
+            async move {
+                stopped.await.ok();
+            },
+        ));
+        (stop, handle)
+    };
+    let same = |table: String| {
+        let (db, sink_pool) = (db.clone(), sink_pool.clone());
+        async move {
+            let want = source_rows(
+                &db,
+                &format!("SELECT CAST(id AS CHAR), CAST(title AS CHAR) FROM {table}"),
+            )
+            .await;
+            let got = sqlx::query(&format!(
+                "SELECT CAST(row_id AS CHAR), CAST(title AS CHAR) FROM {table} WHERE deleted_at IS NULL"
+            ))
+            .fetch_all(&sink_pool)
+            .await
+            .map(|rows| {
+                rows.iter()
+                    .map(|r| (r.get::<String, _>(0), vec![r.get::<Option<String>, _>(1)]))
+                    .collect::<BTreeMap<_, _>>()
+            })
+            .unwrap_or_default();
+            got == want
+        }
+    };
+
+    let (stop, handle) = start(pipeline.clone()).await;
+    for id in 1..=5 {
+        exec(
+            &db,
+            &format!("INSERT INTO {table} (id, title) VALUES ({id}, 'r{id}')"),
+        )
+        .await;
+    }
+    eventually("the first rows", || same(table.clone())).await;
+    stop.send(()).expect("stop");
+    handle.await.expect("join").expect("first run");
+
+    // Changes while stopped, then a live one after the restart.
+    exec(
+        &db,
+        &format!("UPDATE {table} SET title = 'R1' WHERE id = 1"),
+    )
+    .await;
+    exec(&db, &format!("DELETE FROM {table} WHERE id = 2")).await;
+    exec(
+        &db,
+        &format!("INSERT INTO {table} (id, title) VALUES (6, 'r6')"),
+    )
+    .await;
+    let (stop, handle) = start(pipeline.clone()).await;
+    eventually("the changes made while stopped", || same(table.clone())).await;
+    exec(
+        &db,
+        &format!("INSERT INTO {table} (id, title) VALUES (7, 'r7')"),
+    )
+    .await;
+    eventually("a live change", || same(table.clone())).await;
+    stop.send(()).expect("stop");
+    handle.await.expect("join").expect("second run");
+
+    let logged: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM lakesync_deltas")
+        .fetch_one(&sink_pool)
+        .await
+        .expect("count");
+    assert_eq!(logged, 5 + 3 + 1, "every change logged once, none lost");
     exec(&db, &format!("DROP DATABASE {sink_db}")).await;
 }

@@ -206,12 +206,13 @@ impl MysqlSink {
         } else {
             schema.validate()?;
         }
-        let recorded: Option<String> =
-            sqlx::query_scalar("SELECT CAST(schema_json AS CHAR) FROM _lakesync_schemas WHERE `table` = ?")
-                .bind(&schema.table)
-                .fetch_optional(&mut *conn)
-                .await
-                .map_err(|e| mysql_error(at("reading its recorded schema"), e))?;
+        let recorded: Option<String> = sqlx::query_scalar(
+            "SELECT CAST(schema_json AS CHAR) FROM _lakesync_schemas WHERE `table` = ?",
+        )
+        .bind(&schema.table)
+        .fetch_optional(&mut *conn)
+        .await
+        .map_err(|e| mysql_error(at("reading its recorded schema"), e))?;
         if let Some(text) = recorded {
             let old: TableSchema = serde_json::from_str(&text).map_err(|e| {
                 Error::invalid(
@@ -500,7 +501,9 @@ fn logged_delta(row: &sqlx::mysql::MySqlRow, table: &str) -> std::result::Result
     let id: Vec<u8> = row
         .try_get("delta_id")
         .map_err(|e| get_err("delta_id", e))?;
-    let row_id: String = row.try_get_unchecked("row_id").map_err(|e| get_err("row_id", e))?;
+    let row_id: String = row
+        .try_get_unchecked("row_id")
+        .map_err(|e| get_err("row_id", e))?;
     let delta_id = DeltaId(
         <[u8; 32]>::try_from(id.as_slice())
             .map_err(|_| format!("row {row_id:?} has a {}-byte delta_id, not 32", id.len()))?,
@@ -512,7 +515,9 @@ fn logged_delta(row: &sqlx::mysql::MySqlRow, table: &str) -> std::result::Result
     let op: u8 = row.try_get("op").map_err(|e| get_err("op", e))?;
     let op = DeltaOp::from_code(op)
         .map_err(|_| format!("delta {delta_id} has op {op}, not 1, 2 or 3"))?;
-    let columns: String = row.try_get_unchecked("columns").map_err(|e| get_err("columns", e))?;
+    let columns: String = row
+        .try_get_unchecked("columns")
+        .map_err(|e| get_err("columns", e))?;
     let columns: Vec<ColumnDelta> = serde_json::from_str(&columns).map_err(|e| {
         format!("delta {delta_id} has columns that are not [{{column, value}}] JSON: {e}")
     })?;
