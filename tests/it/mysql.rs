@@ -872,3 +872,22 @@ async fn mysql_cdc_follow_stops_and_resumes_from_the_committed_position() {
     assert_eq!(logged, 5 + 3 + 1, "every change logged once, none lost");
     exec(&db, &format!("DROP DATABASE {sink_db}")).await;
 }
+
+/// The example in `docs/mysql.md` validates (no server needed).
+#[test]
+fn mysql_docs_example_validates() {
+    let doc = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/mysql.md"))
+        .expect("docs/mysql.md");
+    let start = doc.find("```yaml\n").expect("a yaml example") + "```yaml\n".len();
+    let yaml = &doc[start..start + doc[start..].find("```").expect("its end")];
+    let env = Env::from_vars([
+        ("LAKESYNC_MYSQL_URL", "mysql://root@127.0.0.1:3306/shop"),
+        (
+            "REPORTING_MYSQL_URL",
+            "mysql://root@127.0.0.1:3306/reporting",
+        ),
+    ]);
+    let report = lakesync::config::check_str(yaml, "docs/mysql.md", Path::new("docs"), &env);
+    let errors: Vec<String> = report.errors().map(|d| format!("{d:?}")).collect();
+    assert!(errors.is_empty(), "{errors:#?}");
+}

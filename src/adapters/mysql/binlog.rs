@@ -650,10 +650,23 @@ impl Streamer {
                         source: None,
                     });
                 }
-                Ok(None) => {
+                Ok(None) if end.is_some() => {
                     // The server ended a non-blocking stream at the end of the binlog (always
                     // at a transaction boundary, so nothing is being built).
                     return Ok(Step::End);
+                }
+                Ok(None) => {
+                    // Following, the server never ends the stream of its own accord: it was
+                    // closed (a restart, or another replica registering with the same id).
+                    return Err(Error::External {
+                        system: super::SYSTEM,
+                        message: format!(
+                            "{here}: the server closed the binlog stream (is another replica using server id {}?)",
+                            s.server_id
+                        ),
+                        retryable: true,
+                        source: None,
+                    });
                 }
                 Ok(Some(event)) => {
                     event.map_err(|e| binlog_error(format!("{here}: reading the binlog"), e))?

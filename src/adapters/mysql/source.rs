@@ -324,12 +324,20 @@ impl MysqlSource {
         Ok(out)
     }
 
-    /// The replica server id of the binlog connection.
+    /// The replica server id of the binlog connection: configured, or derived from the source
+    /// name and its state directory (so two pipelines get different ids, and a restarted
+    /// pipeline its old one, which replaces a stale connection of the previous run).
     fn server_id(&self) -> u32 {
         self.options.server_id.unwrap_or_else(|| {
-            // FNV-1a of the source name, kept in 1..2^31 and away from the small ids people pick.
+            // FNV-1a, kept in 1..2^31 and away from the small ids people pick.
             let mut h: u32 = 0x811c_9dc5;
-            for b in self.name.bytes() {
+            let dir = self
+                .options
+                .state_dir
+                .as_ref()
+                .map(|d| d.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            for b in self.name.bytes().chain([0]).chain(dir.bytes()) {
                 h = (h ^ u32::from(b)).wrapping_mul(0x0100_0193);
             }
             (h % 0x7fff_0000) + 0x1_0000
