@@ -51,7 +51,7 @@ use sqlx::mysql::{MySqlConnectOptions, MySqlConnection};
 use sqlx::{Connection, Executor};
 
 use super::dialect::{Bind, MysqlDialect, query_with};
-use super::source::{TableInfo, bind_of, insert_delta, raw, read_row};
+use super::source::{PolledRow, TableInfo, bind_of, insert_delta, raw, read_row};
 use super::value::{Raw, position_value, row_id_of, to_json};
 use super::{binlog_error, mysql_error};
 use crate::kernel::delta::{ColumnDelta, DeltaOp, RowDelta};
@@ -161,7 +161,7 @@ pub(crate) async fn open(
             if resume.contains_key("snapshot") {
                 tracing::warn!(source = %here, "resuming in the middle of the initial snapshot: taking a new one");
             }
-            Phase::Snapshot(Snapshot::begin(conn, &here).await?)
+            Phase::Snapshot(Box::new(Snapshot::begin(conn, &here).await?))
         }
     };
     let by_name = tables
@@ -247,7 +247,7 @@ async fn master_status(conn: &mut MySqlConnection, here: &str) -> Result<(String
 }
 
 enum Phase {
-    Snapshot(Snapshot),
+    Snapshot(Box<Snapshot>),
     Stream(BinlogPos),
 }
 
@@ -407,7 +407,12 @@ impl CdcReader {
         let mut deltas = Vec::with_capacity(rows.len());
         let mut last = None;
         for row in &rows {
-            let (row_id, id_raw, _, after) = read_row(row, info, 0).map_err(|(col, e)| {
+            let PolledRow {
+                row_id,
+                id: id_raw,
+                values: after,
+                ..
+            } = read_row(row, info, 0).map_err(|(col, e)| {
                 data_err(
                     here,
                     &name,
@@ -685,12 +690,10 @@ impl Streamer {
             let mut boundary_at = None;
             match data {
                 Some(EventData::FormatDescriptionEvent(_)) => self.seen_format = true,
-                Some(EventData::RotateEvent(rotate)) => {
-                    if self.seen_format {
-                        self.file = rotate.name().into_owned();
-                        self.tx_start = rotate.position();
-                        self.count = 0;
-                    }
+                Some(EventData::RotateEvent(rotate)) if self.seen_format => {
+                    self.file = rotate.name().into_owned();
+                    self.tx_start = rotate.position();
+                    self.count = 0;
                 }
                 Some(EventData::XidEvent(_)) => boundary_at = Some(log_pos),
                 Some(EventData::QueryEvent(query)) => {

@@ -700,13 +700,27 @@ pub(crate) fn raw(row: &MySqlRow, i: usize) -> std::result::Result<Raw, String> 
     decoded.map_err(|e| format!("cannot read a {name} value: {e}"))
 }
 
-/// Reads a row selected with [`TableInfo::select_list`] (`skip` extra columns after the id):
-/// its row id, the raw extra values, and its data columns as JSON.
+/// A row read with [`TableInfo::select_list`].
+pub(crate) struct PolledRow {
+    /// The row id.
+    pub(crate) row_id: String,
+    /// The id value as read.
+    pub(crate) id: Raw,
+    /// The extra columns after the id, as read.
+    pub(crate) extras: Vec<Raw>,
+    /// The data columns as JSON, by name.
+    pub(crate) values: Map<String, Value>,
+}
+
+/// A value that could not be read: the column (when it is a data column) and why.
+pub(crate) type CellError = (Option<String>, String);
+
+/// Reads a row selected with [`TableInfo::select_list`] (`skip` extra columns after the id).
 pub(crate) fn read_row(
     row: &MySqlRow,
     info: &TableInfo,
     skip: usize,
-) -> std::result::Result<(String, Raw, Vec<Raw>, Map<String, Value>), (Option<String>, String)> {
+) -> std::result::Result<PolledRow, CellError> {
     let id_raw = raw(row, 0).map_err(|e| (None, e))?;
     let row_id = row_id_of(&id_raw).map_err(|e| (None, e))?;
     let extras = (0..skip)
@@ -720,7 +734,12 @@ pub(crate) fn read_row(
             .map_err(|e| (Some(def.name.clone()), format!("row {row_id:?}: {e}")))?;
         after.insert(def.name.clone(), value);
     }
-    Ok((row_id, id_raw, extras, after))
+    Ok(PolledRow {
+        row_id,
+        id: id_raw,
+        extras,
+        values: after,
+    })
 }
 
 /// An INSERT delta carrying every column of `after`, in schema order.
@@ -893,8 +912,12 @@ impl PollReader {
         let mut deltas = Vec::with_capacity(rows.len());
         let mut new_last = None;
         for row in &rows {
-            let (row_id, id_raw, extras, after) =
-                read_row(row, &info, extra).map_err(|(col, e)| self.cell_err(&name, col, e))?;
+            let PolledRow {
+                row_id,
+                id: id_raw,
+                extras,
+                values: after,
+            } = read_row(row, &info, extra).map_err(|(col, e)| self.cell_err(&name, col, e))?;
             deltas.push(insert_delta(
                 &info.schema,
                 row_id,
@@ -961,8 +984,11 @@ impl PollReader {
         let mut seen = HashSet::with_capacity(rows.len());
         let mut deltas = Vec::new();
         for row in &rows {
-            let (row_id, _, _, after) =
-                read_row(row, &info, 0).map_err(|(col, e)| self.cell_err(&name, col, e))?;
+            let PolledRow {
+                row_id,
+                values: after,
+                ..
+            } = read_row(row, &info, 0).map_err(|(col, e)| self.cell_err(&name, col, e))?;
             deltas.extend(extract_delta(
                 state.snapshot.get(&row_id),
                 Some(&after),
