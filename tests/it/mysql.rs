@@ -891,3 +891,57 @@ fn mysql_docs_example_validates() {
     let errors: Vec<String> = report.errors().map(|d| format!("{d:?}")).collect();
     assert!(errors.is_empty(), "{errors:#?}");
 }
+
+#[tokio::test]
+async fn mysql_cdc_timestamps_are_utc_in_snapshot_and_binlog() {
+    let Some(url) = mysql_url() else { return };
+    let db = pool(&url).await;
+    let table = unique_name("ts");
+    exec(
+        &db,
+        &format!(
+            "CREATE TABLE {table} (id INT PRIMARY KEY, dt DATETIME(6) NULL, ts TIMESTAMP(6) NULL, \
+             ts0 TIMESTAMP NULL, d DATE NULL)"
+        ),
+    )
+    .await;
+    // Written by a client two hours east of UTC: TIMESTAMP converts, DATETIME does not.
+    let insert = |id: i32| {
+        let (db, table) = (db.clone(), table.clone());
+        async move {
+            let mut conn = db.acquire().await.expect("conn");
+            sqlx::query("SET time_zone = '+02:00'")
+                .execute(&mut *conn)
+                .await
+                .expect("tz");
+            sqlx::query(&format!(
+                "INSERT INTO {table} VALUES ({id}, '2024-01-02 03:04:05.5', \
+                 '2024-01-02 03:04:05.5', '2024-01-02 03:04:05', '2024-01-02')"
+            ))
+            .execute(&mut *conn)
+            .await
+            .expect("insert");
+        }
+    };
+    insert(1).await;
+    let mut src = source(&url, vec![cdc(&table)], 100, None).await;
+    let first = read_once(&mut src, None).await;
+    insert(2).await;
+    let second = read_once(&mut src, Some(first.last().unwrap().position.clone())).await;
+    let want = json!({
+        "dt": "2024-01-02T03:04:05.500Z",
+        "ts": "2024-01-02T01:04:05.500Z",
+        "ts0": "2024-01-02T01:04:05Z",
+        "d": "2024-01-02T00:00:00Z",
+    });
+    assert_eq!(
+        shape(&deltas(&first)),
+        [(DeltaOp::Insert, "1".to_string(), want.clone())],
+        "snapshot"
+    );
+    assert_eq!(
+        shape(&deltas(&second)),
+        [(DeltaOp::Insert, "2".to_string(), want)],
+        "binlog"
+    );
+}
