@@ -893,7 +893,7 @@ fn mysql_docs_example_validates() {
 }
 
 #[tokio::test]
-async fn mysql_cdc_timestamps_are_utc_in_snapshot_and_binlog() {
+async fn mysql_cdc_timestamps_enums_and_sets_read_alike_from_snapshot_and_binlog() {
     let Some(url) = mysql_url() else { return };
     let db = pool(&url).await;
     let table = unique_name("ts");
@@ -901,7 +901,7 @@ async fn mysql_cdc_timestamps_are_utc_in_snapshot_and_binlog() {
         &db,
         &format!(
             "CREATE TABLE {table} (id INT PRIMARY KEY, dt DATETIME(6) NULL, ts TIMESTAMP(6) NULL, \
-             ts0 TIMESTAMP NULL, d DATE NULL)"
+             ts0 TIMESTAMP NULL, d DATE NULL, e ENUM('a', 'b''c') NULL, s SET('x', 'y', 'z') NULL)"
         ),
     )
     .await;
@@ -916,7 +916,7 @@ async fn mysql_cdc_timestamps_are_utc_in_snapshot_and_binlog() {
                 .expect("tz");
             sqlx::query(&format!(
                 "INSERT INTO {table} VALUES ({id}, '2024-01-02 03:04:05.5', \
-                 '2024-01-02 03:04:05.5', '2024-01-02 03:04:05', '2024-01-02')"
+                 '2024-01-02 03:04:05.5', '2024-01-02 03:04:05', '2024-01-02', 'b''c', 'x,z')"
             ))
             .execute(&mut *conn)
             .await
@@ -933,6 +933,8 @@ async fn mysql_cdc_timestamps_are_utc_in_snapshot_and_binlog() {
         "ts": "2024-01-02T01:04:05.500Z",
         "ts0": "2024-01-02T01:04:05Z",
         "d": "2024-01-02T00:00:00Z",
+        "e": "b'c",
+        "s": "x,z",
     });
     assert_eq!(
         shape(&deltas(&first)),

@@ -16,7 +16,8 @@
 //! columns whose value changed between the before and after images (no delta when none did; a
 //! changed id is a DELETE of the old row and an INSERT of the new); `DELETE_ROWS` → a DELETE
 //! delta. The row id is the `id_column` value. Events of other databases and tables are skipped.
-//! Column names come from the table map's metadata (`binlog_row_metadata=FULL`) or else by
+//! Enum and set values (an index or a bit mask in the binlog) become their labels, as polled
+//! reads give them. Column names come from the table map's metadata (`binlog_row_metadata=FULL`) or else by
 //! position from `information_schema`. The client id is `mysql:<source name>`; every delta gets
 //! its own HLC.
 //!
@@ -52,7 +53,7 @@ use sqlx::{Connection, Executor};
 
 use super::dialect::{Bind, MysqlDialect, query_with};
 use super::source::{PolledRow, TableInfo, bind_of, insert_delta, raw, read_row};
-use super::value::{Raw, position_value, row_id_of, to_json};
+use super::value::{Raw, label_text, position_value, row_id_of, to_json};
 use super::{binlog_error, mysql_error};
 use crate::kernel::delta::{ColumnDelta, DeltaOp, RowDelta};
 use crate::kernel::delta_batch::deltas_to_batch;
@@ -808,9 +809,24 @@ fn image(
         let Some(value) = row.take(i) else {
             continue;
         };
-        let value = mysql_async::Value::try_from(value)
-            .map_err(|e| format!("column {name:?}: {e}"))
-            .and_then(|v| Raw::from_binlog(v).map_err(|e| format!("column {name:?}: {e}")))?;
+        let value =
+            mysql_async::Value::try_from(value).map_err(|e| format!("column {name:?}: {e}"))?;
+        // The binlog carries enum and set values as an index or a (little-endian) bit mask.
+        let value = match (info.labels.get(name), value) {
+            (Some((is_set, labels)), mysql_async::Value::Bytes(bytes)) if bytes.len() <= 8 => {
+                let mask = bytes
+                    .iter()
+                    .rev()
+                    .fold(0u64, |m, b| (m << 8) | u64::from(*b));
+                label_text(*is_set, labels, Raw::UInt(mask))
+            }
+            (Some((is_set, labels)), v) => label_text(
+                *is_set,
+                labels,
+                Raw::from_binlog(v).map_err(|e| format!("column {name:?}: {e}"))?,
+            ),
+            (None, v) => Raw::from_binlog(v).map_err(|e| format!("column {name:?}: {e}"))?,
+        };
         if is_id {
             row_id = Some(row_id_of(&value)?);
         } else if let Some(def) = column {

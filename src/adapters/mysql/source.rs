@@ -43,7 +43,9 @@ use sqlx::{Connection, Row, TypeInfo, ValueRef};
 
 use super::dialect::{Bind, MysqlDialect, query_with};
 use super::sink::connect_options;
-use super::value::{Raw, discovered_type, position_value, row_id_of, selected_as_text, to_json};
+use super::value::{
+    Raw, discovered_type, labels_of, position_value, row_id_of, selected_as_text, to_json,
+};
 use super::{SYSTEM, binlog, mysql_error, redacted};
 use crate::adapters::diff_state::{DiffState, JournalEntry, fold};
 use crate::kernel::delta::{ColumnDelta, DeltaOp, ExtractContext, RowDelta, extract_delta};
@@ -140,6 +142,8 @@ pub(crate) struct TableInfo {
     pub(crate) db_types: HashMap<String, String>,
     /// Every column of the table, in ordinal order (to map binlog rows without column names).
     pub(crate) ordinal: Vec<String>,
+    /// The labels of `enum` and `set` columns (whether a set, labels), by name.
+    pub(crate) labels: HashMap<String, (bool, Vec<String>)>,
 }
 
 impl TableInfo {
@@ -574,6 +578,10 @@ async fn table_info(
         .map(|(c, t, ..)| (c.clone(), t.clone()))
         .collect();
     let ordinal = rows.iter().map(|(c, ..)| c.clone()).collect();
+    let labels = rows
+        .iter()
+        .filter_map(|(c, _, t, _)| labels_of(t).map(|l| (c.clone(), l)))
+        .collect();
     let schema = if let Some(schema) = &spec.schema {
         if let Some(missing) = schema.columns.iter().find(|c| !has(&c.name)) {
             return Err(at(format!(
@@ -604,6 +612,7 @@ async fn table_info(
         id_column: id_column.to_string(),
         db_types,
         ordinal,
+        labels,
     })
 }
 

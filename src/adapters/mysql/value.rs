@@ -216,6 +216,69 @@ pub(crate) fn discovered_type(
     }
 }
 
+/// The labels of an `enum(…)` or `set(…)` column type (`COLUMN_TYPE`), and whether it is a set.
+/// The binlog carries such values as a 1-based index (enum) or a bit mask (set).
+pub(crate) fn labels_of(column_type: &str) -> Option<(bool, Vec<String>)> {
+    let lower = column_type.to_ascii_lowercase();
+    let (is_set, rest) = if lower.starts_with("enum(") {
+        (false, &column_type[5..])
+    } else if lower.starts_with("set(") {
+        (true, &column_type[4..])
+    } else {
+        return None;
+    };
+    let mut labels = Vec::new();
+    let mut chars = rest.chars().peekable();
+    loop {
+        match chars.next()? {
+            '\'' => {
+                let mut label = String::new();
+                loop {
+                    match chars.next()? {
+                        '\'' if chars.peek() == Some(&'\'') => {
+                            chars.next();
+                            label.push('\'');
+                        }
+                        '\'' => break,
+                        c => label.push(c),
+                    }
+                }
+                labels.push(label);
+            }
+            ',' | ' ' => {}
+            ')' => return Some((is_set, labels)),
+            _ => return None,
+        }
+    }
+}
+
+/// The text of a binlog enum index or set mask, by the column's labels.
+pub(crate) fn label_text(is_set: bool, labels: &[String], raw: Raw) -> Raw {
+    let n = match raw {
+        Raw::Int(i) => u64::try_from(i).ok(),
+        Raw::UInt(u) => Some(u),
+        _ => None,
+    };
+    let Some(n) = n else { return raw };
+    if is_set {
+        let chosen: Vec<&str> = labels
+            .iter()
+            .enumerate()
+            .filter(|(bit, _)| *bit < 64 && n & (1 << bit) != 0)
+            .map(|(_, l)| l.as_str())
+            .collect();
+        Raw::Text(chosen.join(","))
+    } else if n == 0 {
+        // MySQL's "invalid value" enum member.
+        Raw::Text(String::new())
+    } else {
+        usize::try_from(n - 1)
+            .ok()
+            .and_then(|i| labels.get(i))
+            .map_or(raw, |l| Raw::Text(l.clone()))
+    }
+}
+
 /// Whether polled rows must select a column of `data_type` as text (`CAST(… AS CHAR)`).
 pub(crate) fn selected_as_text(data_type: &str) -> bool {
     !matches!(
@@ -280,6 +343,24 @@ mod tests {
             json!({"a": 1})
         );
         assert!(to_json(Raw::UInt(u64::MAX), ColumnType::Integer).is_err());
+    }
+
+    #[test]
+    fn enum_and_set_labels() {
+        let (is_set, labels) = labels_of("enum('a','b''c')").unwrap();
+        assert!(!is_set);
+        assert_eq!(labels, ["a", "b'c"]);
+        assert_eq!(
+            label_text(false, &labels, Raw::Int(2)),
+            Raw::Text("b'c".into())
+        );
+        let (is_set, labels) = labels_of("set('x','y','z')").unwrap();
+        assert!(is_set);
+        assert_eq!(
+            label_text(true, &labels, Raw::UInt(5)),
+            Raw::Text("x,z".into())
+        );
+        assert_eq!(labels_of("int(11)"), None);
     }
 
     #[test]
