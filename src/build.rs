@@ -212,24 +212,16 @@ async fn build_source(plan: &Plan, name: &str, spec: &SourceSpec) -> Result<Box<
     })
 }
 
-/// Builds a MySQL source: `strategy: snapshot` is a streamed full read, `lookback` is not
-/// supported yet.
+/// Builds a MySQL source (`strategy: snapshot` is a streamed full read).
 async fn mysql_source(plan: &Plan, name: &str, s: &spec::MysqlSourceSpec) -> Result<MysqlSource> {
     let mut tables = Vec::with_capacity(s.tables.len());
-    for (i, t) in s.tables.iter().enumerate() {
-        if t.lookback.is_some() {
-            return Err(Error::invalid(
-                "pipeline",
-                format!(
-                    "sources.{name}.tables[{i}].lookback: the mysql source does not support lookback yet; remove it (rows are read by the (cursor, id) pair)"
-                ),
-            ));
-        }
+    for t in &s.tables {
         let id_column = t.id_column.clone();
         let strategy = match t.strategy {
             spec::SqlStrategy::Cursor => MysqlStrategy::Cursor {
                 cursor_column: t.cursor_column.clone().unwrap_or_default(),
                 id_column,
+                lookback: t.lookback.as_ref().map(|d| d.0),
             },
             spec::SqlStrategy::Diff => MysqlStrategy::Diff { id_column },
             spec::SqlStrategy::Snapshot => MysqlStrategy::Snapshot { id_column },

@@ -482,6 +482,7 @@ async fn mysql_cursor_reads_changed_rows_by_cursor_and_id() {
     let strategy = MysqlStrategy::Cursor {
         cursor_column: "updated_at".into(),
         id_column: "id".into(),
+        lookback: None,
     };
     // Batches of 2 split the rows sharing cursor 5.
     let mut src = source(&url, vec![spec(&table, strategy)], 2, None).await;
@@ -946,4 +947,89 @@ async fn mysql_cdc_timestamps_enums_and_sets_read_alike_from_snapshot_and_binlog
         [(DeltaOp::Insert, "2".to_string(), want)],
         "binlog"
     );
+}
+
+#[tokio::test]
+async fn mysql_cursor_lookback_catches_late_rows_without_repeating_seen_ones() {
+    let Some(url) = mysql_url() else { return };
+    let db = pool(&url).await;
+    let table = unique_name("look");
+    exec(
+        &db,
+        &format!(
+            "CREATE TABLE {table} (id INT PRIMARY KEY, title TEXT, changed DATETIME(6) NOT NULL)"
+        ),
+    )
+    .await;
+    exec(
+        &db,
+        &format!(
+            "INSERT INTO {table} VALUES (1, 'a', '2024-01-01 00:00:01'), (2, 'b', '2024-01-01 00:00:02'), \
+             (3, 'c', '2024-01-01 00:00:03')"
+        ),
+    )
+    .await;
+    let cursor = |lookback| {
+        spec(
+            &table,
+            MysqlStrategy::Cursor {
+                cursor_column: "changed".into(),
+                id_column: "id".into(),
+                lookback,
+            },
+        )
+    };
+    // Default lookback (5 s) for a date/time cursor; batches of 2.
+    let mut src = source(&url, vec![cursor(None)], 2, None).await;
+    let first = read_once(&mut src, None).await;
+    let ids = |batches: &[SourceBatch]| -> Vec<String> {
+        deltas(batches).into_iter().map(|d| d.row_id).collect()
+    };
+    assert_eq!(ids(&first), ["1", "2", "3"]);
+    let at = first.last().unwrap().position.clone();
+
+    // A row committed late with an older cursor value, inside the window: read once.
+    exec(
+        &db,
+        &format!("INSERT INTO {table} VALUES (4, 'late', '2024-01-01 00:00:02.5')"),
+    )
+    .await;
+    let second = read_once(&mut src, Some(at)).await;
+    assert_eq!(ids(&second), ["4"]);
+    let at = second.last().unwrap().position.clone();
+    // Nothing new: nothing again, even though the window is re-read.
+    let third = read_once(&mut src, Some(at.clone())).await;
+    assert_eq!(ids(&third), Vec::<String>::new());
+    // A changed row (new cursor value) is read again.
+    exec(
+        &db,
+        &format!("UPDATE {table} SET title = 'A', changed = '2024-01-01 00:00:04' WHERE id = 1"),
+    )
+    .await;
+    assert_eq!(ids(&read_once(&mut src, Some(at)).await), ["1"]);
+
+    // Lookback on a cursor that is not a date or time is refused.
+    let ints = unique_name("lookint");
+    create_items(&db, &ints).await;
+    let mut src = MysqlSource::open(
+        &url,
+        &unique_name("src"),
+        vec![spec(
+            &ints,
+            MysqlStrategy::Cursor {
+                cursor_column: "updated_at".into(),
+                id_column: "id".into(),
+                lookback: Some(std::time::Duration::from_secs(1)),
+            },
+        )],
+        MysqlSourceOptions::default(),
+    )
+    .await
+    .expect("open");
+    let err = src
+        .open(None, ReadMode::Once)
+        .await
+        .err()
+        .expect("lookback on an integer cursor");
+    assert!(err.to_string().contains("lookback applies only"), "{err}");
 }

@@ -8,7 +8,11 @@
 //!   cursor sort first and are handled too. Every row read becomes an INSERT delta with every data
 //!   column (a cursor cannot tell a new row from a changed one, and the op must not depend on
 //!   what this process read before). A cursor cannot see deletes. Position:
-//!   `{"cursor": <last cursor>, "id": <last id>}`.
+//!   `{"cursor": <last cursor>, "id": <last id>}`. For a date/time cursor, each poll first reads
+//!   again from `lookback` (default 5 s) before the last cursor value, so a row committed late
+//!   with a slightly older value is still read; the `(cursor, id)` pairs emitted within the
+//!   window are kept in the position (`"recent"`), so rows re-read unchanged are not emitted
+//!   again.
 //! - **Diff** (`id_column`): every poll reads the whole table and diffs it against the previous
 //!   snapshot with the kernel's `extract_delta`: INSERT for new rows, UPDATE with only the changed
 //!   columns, DELETE for rows that vanished. The snapshot lives in the state directory
@@ -30,10 +34,11 @@
 //! `CAST(… AS CHAR)` in a UTC session. Table and column names pass the kernel's
 //! `validate_identifier` and are quoted with backticks; values are bind parameters.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
 use std::fmt;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
 use async_trait::async_trait;
 use futures::StreamExt;
@@ -41,10 +46,11 @@ use serde_json::{Map, Value};
 use sqlx::mysql::{MySqlConnectOptions, MySqlConnection, MySqlRow};
 use sqlx::{Connection, Row, TypeInfo, ValueRef};
 
-use super::dialect::{Bind, MysqlDialect, query_with};
+use super::dialect::{Bind, MysqlDialect, datetime_micros, query_with};
 use super::sink::connect_options;
 use super::value::{
-    Raw, discovered_type, labels_of, position_value, row_id_of, selected_as_text, to_json,
+    Raw, discovered_type, labels_of, position_value, row_id_of, selected_as_text, timestamp_micros,
+    to_json,
 };
 use super::{SYSTEM, binlog, mysql_error, redacted};
 use crate::adapters::diff_state::{DiffState, JournalEntry, fold};
@@ -55,6 +61,9 @@ use crate::kernel::materialise::SqlDialect;
 use crate::kernel::schema::{ColumnDef, TableSchema, validate_identifier};
 use crate::runtime::api::{Position, ReadMode, Source, SourceBatch, SourceStream, TableRef};
 use crate::{Error, Result};
+
+/// How far a date/time cursor looks back unless configured otherwise.
+pub const DEFAULT_LOOKBACK: Duration = Duration::from_secs(5);
 
 /// Rows per batch unless configured otherwise.
 pub const DEFAULT_BATCH_SIZE: usize = 8192;
@@ -68,6 +77,10 @@ pub enum MysqlStrategy {
         cursor_column: String,
         /// The column identifying the row (its row id).
         id_column: String,
+        /// For date/time cursors: how far before the newest cursor value each poll reads again
+        /// (default 5 s; rows re-read unchanged are not emitted again). Not allowed for other
+        /// cursors.
+        lookback: Option<Duration>,
     },
     /// Full snapshots, diffed against the previous one (needs a state directory).
     Diff {
@@ -417,7 +430,49 @@ impl Source for MysqlSource {
                 )
             };
             let kind = match &spec.strategy {
-                MysqlStrategy::Cursor { cursor_column, .. } => {
+                MysqlStrategy::Cursor {
+                    cursor_column,
+                    lookback,
+                    ..
+                } => {
+                    let is_time = info.db_types.get(cursor_column).is_some_and(|t| {
+                        matches!(
+                            t.to_ascii_lowercase().as_str(),
+                            "datetime" | "timestamp" | "date"
+                        )
+                    });
+                    let lookback = match (is_time, lookback) {
+                        (true, None) => Some(DEFAULT_LOOKBACK),
+                        (true, Some(d)) => Some(*d),
+                        (false, None) => None,
+                        (false, Some(_)) => {
+                            return Err(Error::invalid(
+                                "source",
+                                format!(
+                                    "{here}: table {:?}: lookback applies only to date/time cursor columns, and {cursor_column:?} is not one",
+                                    spec.table
+                                ),
+                            ));
+                        }
+                    };
+                    let lookback = lookback
+                        .map(|d| i64::try_from(d.as_micros()).unwrap_or(i64::MAX))
+                        .filter(|m| *m > 0);
+                    let recent = match entry.and_then(|e| e.get("recent")) {
+                        None => BTreeSet::new(),
+                        Some(Value::Array(pairs)) => pairs
+                            .iter()
+                            .map(|p| match p {
+                                Value::Array(kv) if kv.len() == 2 => {
+                                    Ok((kv[0].to_string(), kv[1].to_string()))
+                                }
+                                other => {
+                                    Err(at(format!("recent entry {other} is not [cursor, id]")))
+                                }
+                            })
+                            .collect::<Result<_>>()?,
+                        Some(other) => return Err(at(format!("recent {other} is not a list"))),
+                    };
                     let last =
                         match entry {
                             None => None,
@@ -440,6 +495,9 @@ impl Source for MysqlSource {
                         cursor: cursor_column.clone(),
                         last,
                         caught_up: false,
+                        lookback,
+                        recent,
+                        rewind: false,
                     }
                 }
                 MysqlStrategy::Snapshot { .. } => {
@@ -629,6 +687,12 @@ enum Kind {
         cursor: String,
         last: Option<(Value, Value)>,
         caught_up: bool,
+        /// The lookback in microseconds (date/time cursors only).
+        lookback: Option<i64>,
+        /// `(cursor, id)` pairs (as JSON text) emitted within the lookback of the newest cursor.
+        recent: BTreeSet<(String, String)>,
+        /// Whether the next read starts a poll, reading the lookback window again.
+        rewind: bool,
     },
     Snapshot {
         after: Option<Value>,
@@ -643,10 +707,25 @@ impl Kind {
     fn position(&self) -> Option<Value> {
         let mut m = Map::new();
         match self {
-            Kind::Cursor { last, .. } => {
+            Kind::Cursor {
+                last,
+                lookback,
+                recent,
+                ..
+            } => {
                 let (c, i) = last.as_ref()?;
                 m.insert("cursor".into(), c.clone());
                 m.insert("id".into(), i.clone());
+                if lookback.is_some() {
+                    let pairs = recent
+                        .iter()
+                        .map(|(c, i)| {
+                            let parse = |t: &str| serde_json::from_str(t).unwrap_or(Value::Null);
+                            Value::Array(vec![parse(c), parse(i)])
+                        })
+                        .collect();
+                    m.insert("recent".into(), Value::Array(pairs));
+                }
             }
             Kind::Snapshot { after, done, .. } => {
                 m.insert("after".into(), after.clone().unwrap_or(Value::Null));
@@ -836,7 +915,12 @@ impl PollReader {
                 for i in 0..self.tables.len() {
                     match &mut self.tables[i].kind {
                         Kind::Diff(_) => self.poll_diff(i).await?,
-                        Kind::Cursor { caught_up, .. } => *caught_up = false,
+                        Kind::Cursor {
+                            caught_up, rewind, ..
+                        } => {
+                            *caught_up = false;
+                            *rewind = true;
+                        }
                         Kind::Snapshot {
                             caught_up, done, ..
                         } => *caught_up = *done,
@@ -872,22 +956,40 @@ impl PollReader {
         let qi = q(&info.id_column)?;
         let mut binds = Vec::new();
         let (sql, is_cursor) = match &table.kind {
-            Kind::Cursor { cursor, last, .. } => {
+            Kind::Cursor {
+                cursor,
+                last,
+                lookback,
+                rewind,
+                ..
+            } => {
                 let qc = q(cursor)?;
                 let mut sql = format!(
                     "SELECT {} FROM {}",
                     info.select_list(&[cursor.as_str()])?,
                     q(&name)?
                 );
-                match last {
-                    None => {}
-                    Some((Value::Null, last_id)) => {
+                let window_start = match (rewind, lookback, last) {
+                    (true, Some(lookback), Some((Value::String(c), _))) => timestamp_micros(c)
+                        .ok()
+                        .flatten()
+                        .map(|m| m.saturating_sub(*lookback)),
+                    _ => None,
+                };
+                match (window_start, last) {
+                    // A new poll re-reads the lookback window; pairs already emitted are skipped.
+                    (Some(low), _) => {
+                        sql.push_str(&format!(" WHERE {qc} >= ?"));
+                        binds.push(Bind::Text(datetime_micros(low)?));
+                    }
+                    (None, None) => {}
+                    (None, Some((Value::Null, last_id))) => {
                         sql.push_str(&format!(
                             " WHERE ({qc} IS NULL AND {qi} > ?) OR {qc} IS NOT NULL"
                         ));
                         binds.push(bind_of(last_id).map_err(|e| self.err(&name, e))?);
                     }
-                    Some((last_cursor, last_id)) => {
+                    (None, Some((last_cursor, last_id))) => {
                         sql.push_str(&format!(" WHERE {qc} > ? OR ({qc} = ? AND {qi} > ?)"));
                         let c = bind_of(last_cursor).map_err(|e| self.err(&name, e))?;
                         binds.push(c.clone());
@@ -927,27 +1029,56 @@ impl PollReader {
                 extras,
                 values: after,
             } = read_row(row, &info, extra).map_err(|(col, e)| self.cell_err(&name, col, e))?;
-            deltas.push(insert_delta(
-                &info.schema,
-                row_id,
-                &self.client_id,
-                &self.hlc,
-                after,
-            ));
             let id = position_value(id_raw).map_err(|e| self.err(&name, e))?;
             let cursor = match extras.into_iter().next() {
                 Some(c) => position_value(c).map_err(|e| self.err(&name, e))?,
                 None => Value::Null,
             };
+            let fresh = match &mut self.tables[index].kind {
+                Kind::Cursor {
+                    lookback: Some(_),
+                    recent,
+                    ..
+                } => recent.insert((cursor.to_string(), id.to_string())),
+                _ => true,
+            };
+            if fresh {
+                deltas.push(insert_delta(
+                    &info.schema,
+                    row_id,
+                    &self.client_id,
+                    &self.hlc,
+                    after,
+                ));
+            }
             new_last = Some((cursor, id));
         }
         match &mut self.tables[index].kind {
             Kind::Cursor {
-                last, caught_up, ..
+                last,
+                caught_up,
+                lookback,
+                recent,
+                rewind,
+                ..
             } => {
                 *caught_up = !full;
+                *rewind = false;
                 if new_last.is_some() {
                     *last = new_last;
+                }
+                // Forget pairs older than the lookback window of the newest cursor.
+                let micros = |c: &str| {
+                    serde_json::from_str::<Value>(c)
+                        .ok()
+                        .and_then(|v| v.as_str().and_then(|t| timestamp_micros(t).ok().flatten()))
+                };
+                if let Some(lookback) = lookback {
+                    let newest = recent.iter().filter_map(|(c, _)| micros(c)).max();
+                    if let Some(newest) = newest {
+                        let low = newest.saturating_sub(*lookback);
+                        recent.retain(|(c, _)| micros(c).is_some_and(|m| m >= low));
+                    }
                 }
             }
             Kind::Snapshot {

@@ -85,7 +85,7 @@ pub(crate) fn position_value(raw: Raw) -> std::result::Result<Value, String> {
 
 /// `YYYY-MM-DD[ HH:MM:SS[.f…]]` (UTC) or epoch seconds as microseconds since the epoch;
 /// `Ok(None)` for MySQL's zero date.
-fn timestamp_micros(text: &str) -> std::result::Result<Option<i64>, ()> {
+pub(crate) fn timestamp_micros(text: &str) -> std::result::Result<Option<i64>, ()> {
     let t = text.trim();
     if t.starts_with("0000-00-00") {
         return Ok(None);
