@@ -268,6 +268,13 @@ async fn mysql_cdc_resumes_mid_transaction_without_loss_or_duplicates() {
             .execute(&mut *tx)
             .await
             .expect("insert");
+            if k == 2 {
+                // A query event inside the transaction, which is no transaction boundary.
+                sqlx::query(&format!("SAVEPOINT sp{t}"))
+                    .execute(&mut *tx)
+                    .await
+                    .expect("savepoint");
+            }
         }
         sqlx::query(&format!("UPDATE {a} SET n = n + 1 WHERE id = 0"))
             .execute(&mut *tx)
@@ -734,6 +741,20 @@ async fn mysql_sink_commits_are_idempotent_by_epoch_and_delta_id() {
     assert_eq!(sink.commit(1).await.unwrap().rows, 0);
     sink.write(&schema, batch).await.unwrap();
     assert_eq!(sink.commit(2).await.unwrap().rows, 0);
+    // A row id too long for the log is refused, not truncated.
+    let long = RowDelta::new(
+        DeltaOp::Insert,
+        "todos",
+        "x".repeat(256),
+        "c",
+        vec![ColumnDelta::new("title", json!("t"))],
+        lakesync::kernel::hlc::HlcTimestamp::new(3_000, 0).unwrap(),
+    );
+    sink.write(&schema, deltas_to_batch(&schema, &[long]).unwrap())
+        .await
+        .unwrap();
+    let err = sink.commit(3).await.expect_err("a 256-character row id");
+    assert!(err.to_string().contains("at most 255"), "{err}");
     // Schema evolution adds a column.
     let evolved = std::sync::Arc::new(TableSchema::new(
         "todos",

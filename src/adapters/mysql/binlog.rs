@@ -544,6 +544,8 @@ struct Streamer {
     /// Whether a format description was seen (the first, artificial rotate precedes it and its
     /// name cannot be trusted).
     seen_format: bool,
+    /// Whether a transaction (`BEGIN`) is open.
+    in_tx: bool,
     /// The batch being built: table index and deltas.
     building: Option<(usize, Vec<RowDelta>)>,
     /// Finished batches not yet returned, with their positions.
@@ -589,6 +591,7 @@ impl Streamer {
             count: 0,
             skip: at.skip,
             seen_format: false,
+            in_tx: false,
             building: None,
             ready: VecDeque::new(),
         })
@@ -696,11 +699,24 @@ impl Streamer {
                     self.tx_start = rotate.position();
                     self.count = 0;
                 }
-                Some(EventData::XidEvent(_)) => boundary_at = Some(log_pos),
+                Some(EventData::XidEvent(_)) => {
+                    self.in_tx = false;
+                    boundary_at = Some(log_pos);
+                }
                 Some(EventData::QueryEvent(query)) => {
                     let text = query.query();
-                    if !text.trim().eq_ignore_ascii_case("BEGIN") && !text.starts_with('#') {
-                        // COMMIT of a non-transactional change, or DDL (its own transaction).
+                    let word = text.trim();
+                    if word.eq_ignore_ascii_case("BEGIN") {
+                        self.in_tx = true;
+                    } else if word.eq_ignore_ascii_case("COMMIT")
+                        || word.eq_ignore_ascii_case("ROLLBACK")
+                    {
+                        // The end of a transaction on non-transactional tables.
+                        self.in_tx = false;
+                        boundary_at = Some(log_pos);
+                    } else if !self.in_tx && !word.starts_with('#') {
+                        // DDL, which is its own transaction. (Inside a transaction a query
+                        // event is a SAVEPOINT or the like, and no boundary.)
                         boundary_at = Some(log_pos);
                     }
                 }

@@ -65,6 +65,9 @@ const COMMITS_TABLE: &str = "_lakesync_commits";
 /// The recorded schemas table.
 const SCHEMAS_TABLE: &str = "_lakesync_schemas";
 
+/// The longest table name, row id or client id the log keeps (`VARCHAR(255)`).
+const MAX_KEY_CHARS: usize = 255;
+
 /// Bind values per logged delta.
 const DELTA_BINDS: usize = 7;
 
@@ -433,6 +436,23 @@ async fn log_deltas(
     let mut binds = Vec::with_capacity(deltas.len() * DELTA_BINDS);
     let mut bytes = 0u64;
     for (i, d) in deltas.iter().enumerate() {
+        // `INSERT IGNORE` would truncate an over-long value silently, merging distinct rows.
+        for (what, value) in [
+            ("table", &d.table),
+            ("row id", &d.row_id),
+            ("client id", &d.client_id),
+        ] {
+            if value.chars().count() > MAX_KEY_CHARS {
+                return Err(Error::invalid(
+                    "delta",
+                    format!(
+                        "{here}: delta {} has a {what} of {} characters; the MySQL delta log keeps at most {MAX_KEY_CHARS}",
+                        d.delta_id,
+                        value.chars().count()
+                    ),
+                ));
+            }
+        }
         sql.push_str(if i == 0 {
             "(?, ?, ?, ?, ?, ?, ?)"
         } else {
