@@ -7,6 +7,9 @@ use std::sync::Arc;
 
 use crate::adapters::iceberg::{IcebergCatalogConfig, IcebergSink};
 use crate::adapters::jsonl::{JsonlFormat, JsonlSource};
+use crate::adapters::mysql::{
+    MysqlSink, MysqlSinkOptions, MysqlSource, MysqlSourceOptions, MysqlStrategy, MysqlTableSpec,
+};
 use crate::adapters::parquet::{ParquetCompression, ParquetSink};
 use crate::adapters::postgres::{
     PostgresSink, PostgresSinkOptions, PostgresSource, PostgresSourceOptions, PostgresStrategy,
@@ -173,15 +176,7 @@ async fn build_source(plan: &Plan, name: &str, spec: &SourceSpec) -> Result<Box<
             )));
         }
         SourceSpec::Postgres(s) => Box::new(postgres_source(plan, name, s)?),
-        SourceSpec::Mysql(_) => {
-            return Err(Error::invalid(
-                "pipeline",
-                format!(
-                    "source {name:?}: this build has no {} source yet",
-                    spec.type_name()
-                ),
-            ));
-        }
+        SourceSpec::Mysql(s) => Box::new(mysql_source(plan, name, s).await?),
         SourceSpec::Sqlite(s) => {
             let tables = s
                 .tables
@@ -213,6 +208,35 @@ async fn build_source(plan: &Plan, name: &str, spec: &SourceSpec) -> Result<Box<
     })
 }
 
+/// Builds a MySQL source (`strategy: snapshot` is a streamed full read).
+async fn mysql_source(plan: &Plan, name: &str, s: &spec::MysqlSourceSpec) -> Result<MysqlSource> {
+    let mut tables = Vec::with_capacity(s.tables.len());
+    for t in &s.tables {
+        let id_column = t.id_column.clone();
+        let strategy = match t.strategy {
+            spec::SqlStrategy::Cursor => MysqlStrategy::Cursor {
+                cursor_column: t.cursor_column.clone().unwrap_or_default(),
+                id_column,
+                lookback: t.lookback.as_ref().map(|d| d.0),
+            },
+            spec::SqlStrategy::Diff => MysqlStrategy::Diff { id_column },
+            spec::SqlStrategy::Snapshot => MysqlStrategy::Snapshot { id_column },
+            spec::SqlStrategy::Cdc => MysqlStrategy::Cdc { id_column },
+        };
+        tables.push(MysqlTableSpec {
+            table: t.table.clone(),
+            strategy,
+            schema: plan.table(&t.table).cloned(),
+        });
+    }
+    let options = MysqlSourceOptions {
+        state_dir: Some(plan.state_dir.join("sources")),
+        server_id: s.server_id,
+        ..Default::default()
+    };
+    MysqlSource::open(&s.url, name, tables, options).await
+}
+
 /// Builds the sink `name` of `spec`, marking its commits as `pipeline`'s.
 pub async fn build_sink(
     plan: &Plan,
@@ -237,15 +261,17 @@ pub async fn build_sink(
             )
             .await?,
         ),
-        SinkSpec::Mysql(_) => {
-            return Err(Error::invalid(
-                "pipeline",
-                format!(
-                    "sink {name:?}: this build has no {} sink yet",
-                    spec.type_name()
-                ),
-            ));
-        }
+        SinkSpec::Mysql(s) => Box::new(
+            MysqlSink::open(
+                &s.url,
+                pipeline,
+                name,
+                MysqlSinkOptions {
+                    materialise: s.materialise,
+                },
+            )
+            .await?,
+        ),
         SinkSpec::Sqlite(s) => Box::new(
             SqliteSink::open(
                 &plan.resolve_path(&s.path),

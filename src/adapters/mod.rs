@@ -3,6 +3,7 @@
 pub mod diff_state;
 pub mod iceberg;
 pub mod jsonl;
+pub mod mysql;
 pub mod parquet;
 pub mod postgres;
 pub(crate) mod sql_common;

@@ -10,6 +10,7 @@ mod gateway;
 mod golden;
 mod iceberg;
 mod migrate;
+mod mysql;
 mod postgres;
 mod resume;
 mod services;
