@@ -1,7 +1,8 @@
 //! [`IcebergSink`]: deltas into Iceberg tables, one real snapshot per table per epoch.
 //!
 //! **Tables.** Each LakeSync table is an Iceberg table `<namespace>.<table>` holding deltas in
-//! the mapping of [`super::mapping`] (unpartitioned). [`Sink::prepare`] creates the namespace
+//! the mapping of [`super::mapping`], partitioned by `day(_hlc_time)` (the day of the HLC's
+//! wall-clock time; tables created unpartitioned by earlier versions stay so). [`Sink::prepare`] creates the namespace
 //! and missing tables, and evolves an existing table add-only (iceberg-rust 0.10.1's
 //! `Transaction::update_schema`) when the pipeline's schema has new columns. A lake table that
 //! is *ahead* of the pipeline's schema (another writer added columns) is used as it is: the
@@ -17,7 +18,9 @@
 //!    or past `e`, the epoch is a replay after a crash and the buffer is dropped;
 //! 2. writes the buffer as Parquet data files through iceberg-rust's writer stack
 //!    (`ParquetWriterBuilder` → `RollingFileWriterBuilder` → `DataFileWriterBuilder`, zstd, file
-//!    names unique per commit);
+//!    names unique per commit); on a partitioned table a `RecordBatchPartitionSplitter` splits
+//!    each batch by the table's partition spec and a `FanoutWriter` keeps one writer per
+//!    partition, so every data file holds one day and carries its partition value;
 //! 3. commits ONE `fast_append` snapshot whose summary carries `lakesync.pipeline`,
 //!    `lakesync.sink` and `lakesync.epoch`, and, in the same metadata swap, the table property
 //!    `lakesync.epoch.<pipeline>.<sink>` = `e`. The snapshot's manifest list references a new
@@ -49,6 +52,7 @@ use std::time::Duration;
 use arrow::array::RecordBatch;
 use arrow::datatypes::SchemaRef;
 use async_trait::async_trait;
+use iceberg::arrow::RecordBatchPartitionSplitter;
 use iceberg::spec::{DataFile, DataFileFormat, TableMetadata};
 use iceberg::table::Table;
 use iceberg::transaction::{ApplyTransactionAction, Transaction};
@@ -58,6 +62,8 @@ use iceberg::writer::file_writer::location_generator::{
     DefaultFileNameGenerator, DefaultLocationGenerator,
 };
 use iceberg::writer::file_writer::rolling_writer::RollingFileWriterBuilder;
+use iceberg::writer::partitioning::PartitioningWriter;
+use iceberg::writer::partitioning::fanout_writer::FanoutWriter;
 use iceberg::writer::{IcebergWriter, IcebergWriterBuilder};
 use iceberg::{
     Catalog, ErrorKind as IcebergErrorKind, Namespace, NamespaceIdent, TableCommit, TableCreation,
@@ -269,9 +275,11 @@ impl IcebergSink {
             .await
             .map_err(|e| iceberg_error(format!("checking table {ident}"), e))?;
         if !exists {
+            let iceberg_schema = mapping::iceberg_schema(schema)?;
             let creation = TableCreation::builder()
                 .name(schema.table.clone())
-                .schema(mapping::iceberg_schema(schema)?)
+                .partition_spec(mapping::partition_spec(&iceberg_schema)?)
+                .schema(iceberg_schema)
                 .properties([
                     (
                         "write.parquet.compression-codec".to_string(),
@@ -425,9 +433,26 @@ impl IcebergSink {
                 DataFileFormat::Parquet,
             ),
         );
-        let mut writer = DataFileWriterBuilder::new(rolling).build(None).await?;
+        let data_files = DataFileWriterBuilder::new(rolling);
+        let spec = table.metadata().default_partition_spec();
+        if spec.is_unpartitioned() {
+            let mut writer = data_files.build(None).await?;
+            for batch in &state.buffer {
+                writer.write(batch.clone()).await?;
+            }
+            return writer.close().await;
+        }
+        // One data file (or more, rolling) per partition, each DataFile carrying its partition
+        // value and spec id, under `data/<partition path>/`.
+        let splitter = RecordBatchPartitionSplitter::try_new_with_computed_values(
+            table.metadata().current_schema().clone(),
+            spec.clone(),
+        )?;
+        let mut writer = FanoutWriter::new(data_files);
         for batch in &state.buffer {
-            writer.write(batch.clone()).await?;
+            for (key, part) in splitter.split(batch)? {
+                writer.write(key, part).await?;
+            }
         }
         writer.close().await
     }
@@ -464,11 +489,18 @@ fn file_prefix(pipeline: &str, sink: &str, epoch: u64) -> String {
 
 /// An iceberg failure as LakeSync's [`Error::External`], with what was being done.
 fn iceberg_error(context: String, e: iceberg::Error) -> Error {
-    let retryable = e.retryable()
-        || matches!(
-            e.kind(),
-            IcebergErrorKind::CatalogCommitConflicts | IcebergErrorKind::Unexpected
-        );
+    // A storage failure keeps its own verdict under whatever iceberg-rust wrapped it in (a
+    // refused upload surfaces as an `Unexpected` "failed to finish the parquet writer").
+    let retryable = match super::storage::object_store_cause(&e) {
+        Some(cause) => super::storage::is_transient(cause),
+        None => {
+            e.retryable()
+                || matches!(
+                    e.kind(),
+                    IcebergErrorKind::CatalogCommitConflicts | IcebergErrorKind::Unexpected
+                )
+        }
+    };
     Error::External {
         system: "iceberg",
         message: format!("{context}: {e}"),
