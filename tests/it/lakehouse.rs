@@ -5,7 +5,8 @@
 //!
 //! Each test writes into a namespace of its own, so reruns against the same services never
 //! collide. pyiceberg (`tests/python/read_iceberg_rest.py`) is the independent reader: it sees
-//! the rows, the `day(_hlc_time)` partition spec and the snapshot summaries LakeSync wrote.
+//! the rows, the `day(_hlc_time)` partition spec and the snapshot summaries LakeSync wrote; DuckDB
+//! 1.5.5's iceberg extension (`tests/python/read_duckdb_iceberg.py`) is a second one.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -139,6 +140,33 @@ fn pyiceberg_read(python: &str, services: &Services, table: &str) -> PyIceberg {
         partition_spec: doc["partition_spec"].clone(),
         snapshots: serde_json::from_value(doc["snapshots"].clone()).expect("snapshot summaries"),
     }
+}
+
+/// What DuckDB's iceberg extension reads of a table through the REST catalogue
+/// (`tests/python/read_duckdb_iceberg.py`), or `None` (with a notice) when the extension
+/// wheels are not installed: then a local run skips this reader, and CI fails.
+fn duckdb_read(python: &str, services: &Services, table: &str) -> Option<Value> {
+    let script =
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/python/read_duckdb_iceberg.py");
+    let output = Command::new(python)
+        .arg(&script)
+        .arg(&services.rest_uri)
+        .arg(&services.warehouse)
+        .arg(table)
+        .env("LAKESYNC_S3_ENDPOINT", &services.s3_endpoint)
+        .env("AWS_ACCESS_KEY_ID", &services.key)
+        .env("AWS_SECRET_ACCESS_KEY", &services.secret)
+        .env("AWS_REGION", &services.region)
+        .output()
+        .expect("run the DuckDB reader");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    if output.status.code() == Some(3) && !support::in_ci() {
+        eprintln!("SKIPPED the DuckDB reader: {}", stderr.trim());
+        return None;
+    }
+    assert!(output.status.success(), "DuckDB reader failed:\n{stderr}");
+    eprintln!("duckdb: {}", stderr.trim());
+    Some(serde_json::from_slice(&output.stdout).expect("a JSON document"))
 }
 
 /// Three days of task deltas, one batch of `per_day` per day.
@@ -295,6 +323,28 @@ async fn rest_sink_writes_day_partitions_to_s3_once_per_epoch() {
             .collect();
         marks.sort();
         assert_eq!(marks, ["1", "2"]);
+
+        // DuckDB's iceberg extension, through the same catalogue: same rows, same days.
+        if let Some(duck) = duckdb_read(&python, &services, &format!("{ns}.tasks")) {
+            let hlc_sum: u128 = all.iter().map(|d| u128::from(d.hlc.0)).sum();
+            let mut days = BTreeMap::new();
+            for d in &all {
+                let day = chrono::DateTime::from_timestamp_millis((d.hlc.0 >> 16) as i64)
+                    .expect("a date")
+                    .format("%Y-%m-%d")
+                    .to_string();
+                *days.entry(day).or_insert(0_u64) += 1;
+            }
+            assert_eq!(
+                duck,
+                serde_json::json!({
+                    "rows": 530,
+                    "delta_ids": 530,
+                    "hlc_sum": hlc_sum.to_string(),
+                    "days": days,
+                })
+            );
+        }
     }
 
     drop_namespace(&config, &ns).await;
@@ -424,11 +474,12 @@ async fn the_iceberg_s3_pipeline_runs_and_lakesync_query_reads_it() {
         .value(0);
     assert_eq!(counted as u64, rows);
 
-    // The CLI: `lakesync query --pipeline FILE SQL`.
+    // The CLI: `lakesync query --pipeline FILE SQL`, where unqualified tables are the sink's
+    // namespace's.
     let output = Command::new(env!("CARGO_BIN_EXE_lakesync"))
         .args(["query", "--pipeline"])
         .arg(&file)
-        .arg(format!("SELECT count(*) AS n FROM {ns}.tasks"))
+        .arg("SELECT count(*) AS n FROM tasks")
         .envs(vars)
         .output()
         .expect("run lakesync query");
