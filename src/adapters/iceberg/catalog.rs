@@ -37,7 +37,7 @@ use crate::{Error, Result};
 pub const DEFAULT_CATALOG_NAME: &str = "lakesync";
 
 /// Where a lake's Iceberg catalogue and warehouse are.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "lowercase", deny_unknown_fields)]
 #[non_exhaustive]
 pub enum IcebergCatalogConfig {
@@ -72,6 +72,40 @@ pub enum IcebergCatalogConfig {
         #[serde(default)]
         s3: S3Config,
     },
+}
+
+impl std::fmt::Debug for IcebergCatalogConfig {
+    // The credential and the token stay out of logs (the S3 secrets are hidden by `S3Config`).
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Sql {
+                uri,
+                warehouse,
+                name,
+            } => f
+                .debug_struct("Sql")
+                .field("uri", uri)
+                .field("warehouse", warehouse)
+                .field("name", name)
+                .finish(),
+            Self::Rest {
+                uri,
+                warehouse,
+                name,
+                credential,
+                token,
+                s3,
+            } => f
+                .debug_struct("Rest")
+                .field("uri", uri)
+                .field("warehouse", warehouse)
+                .field("name", name)
+                .field("credential", &credential.as_ref().map(|_| "<redacted>"))
+                .field("token", &token.as_ref().map(|_| "<redacted>"))
+                .field("s3", s3)
+                .finish(),
+        }
+    }
 }
 
 fn default_catalog_name() -> String {
@@ -341,6 +375,11 @@ mod tests {
         )
         .unwrap();
         assert_eq!(config.name(), "lakesync");
+        let shown = format!("{config:?}");
+        assert!(
+            !shown.contains("id:secret") && shown.contains("127.0.0.1:8333"),
+            "{shown}"
+        );
         for uri in ["127.0.0.1:8181", "http://", "https:///v1", "ftp://x"] {
             let err = connect(&IcebergCatalogConfig::rest(uri, "s3://wh"))
                 .await
