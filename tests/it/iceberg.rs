@@ -736,6 +736,58 @@ async fn new_tables_are_partitioned_by_hlc_day_and_old_ones_keep_working() {
         200
     );
 
+    // Epoch 2: a batch within one day (written whole to its day) and a batch across two days
+    // (split row by row) reach the same per-day writer: one new file per day.
+    let same_day = task_deltas(40, 40, WALL_MS);
+    let mut across = task_deltas(20, 41, WALL_MS + 100);
+    across.extend(task_deltas(20, 42, WALL_MS + 3 * DAY_MS));
+    for part in [&same_day, &across] {
+        let batch = deltas_to_batch(&tasks, part).expect("batch");
+        sink.write(&tasks, batch).await.expect("write");
+    }
+    assert_eq!(sink.commit(2).await.expect("commit 2").rows, 80);
+    let table = load(&lake.config, "tasks").await;
+    let files: Vec<String> = table
+        .scan()
+        .build()
+        .expect("plan")
+        .plan_files()
+        .await
+        .expect("plan files")
+        .map_ok(|t| t.data_file_path().to_string())
+        .try_collect()
+        .await
+        .expect("files");
+    assert_eq!(files.len(), 5, "{files:?}");
+    let mut partitions: Vec<&str> = files
+        .iter()
+        .filter_map(|f| f.rsplit_once('/').map(|(dir, _)| dir))
+        .collect();
+    partitions.sort();
+    partitions.dedup();
+    assert_eq!(partitions.len(), 4, "{partitions:?}");
+    assert_eq!(
+        count(
+            &lake.config,
+            &format!(
+                "SELECT count(*) FROM tasks WHERE _hlc_time >= to_timestamp_millis({day_start})"
+            )
+        )
+        .await,
+        220
+    );
+    let all: Vec<RowDelta> = days
+        .iter()
+        .chain(&same_day)
+        .chain(&across)
+        .cloned()
+        .collect();
+    let expected = canonical(&tasks, &[deltas_to_batch(&tasks, &all).expect("batch")]);
+    assert_eq!(
+        lake_deltas(&tasks, &scan_native(&lake.config, "tasks").await),
+        expected
+    );
+
     // The old table stays unpartitioned, without _hlc_time, and takes the writes.
     let old = load(&lake.config, "legacy").await;
     assert!(old.metadata().default_partition_spec().is_unpartitioned());

@@ -49,11 +49,14 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
-use arrow::array::RecordBatch;
-use arrow::datatypes::SchemaRef;
+use arrow::array::{Array, ArrayRef, AsArray, RecordBatch};
+use arrow::datatypes::{SchemaRef, TimestampMicrosecondType};
 use async_trait::async_trait;
 use iceberg::arrow::RecordBatchPartitionSplitter;
-use iceberg::spec::{DataFile, DataFileFormat, TableMetadata};
+use iceberg::spec::{
+    DataFile, DataFileFormat, Literal, PartitionKey, PartitionSpec, Schema, Struct, TableMetadata,
+    Transform,
+};
 use iceberg::table::Table;
 use iceberg::transaction::{ApplyTransactionAction, Transaction};
 use iceberg::writer::base_writer::data_file_writer::DataFileWriterBuilder;
@@ -443,19 +446,59 @@ impl IcebergSink {
             return writer.close().await;
         }
         // One data file (or more, rolling) per partition, each DataFile carrying its partition
-        // value and spec id, under `data/<partition path>/`.
-        let splitter = RecordBatchPartitionSplitter::try_new_with_computed_values(
-            table.metadata().current_schema().clone(),
-            spec.clone(),
-        )?;
+        // value and spec id, under `data/<partition path>/`. A batch within one day (the common
+        // case: live changes) goes whole to that day's writer; others are split row by row by
+        // iceberg-rust's splitter, which also handles any spec another writer evolved to.
+        let schema = table.metadata().current_schema().clone();
+        let day_column = hlc_day_column(spec, &schema, &state.arrow);
+        let mut splitter = None;
         let mut writer = FanoutWriter::new(data_files);
         for batch in &state.buffer {
-            for (key, part) in splitter.split(batch)? {
-                writer.write(key, part).await?;
+            if let Some(day) = day_column.and_then(|i| single_day(batch.column(i))) {
+                let value = Struct::from_iter([Some(Literal::date(day))]);
+                let key = PartitionKey::new(spec.as_ref().clone(), schema.clone(), value);
+                writer.write(key, batch.clone()).await?;
+                continue;
+            }
+            if splitter.is_none() {
+                splitter = Some(RecordBatchPartitionSplitter::try_new_with_computed_values(
+                    schema.clone(),
+                    spec.clone(),
+                )?);
+            }
+            if let Some(splitter) = &splitter {
+                for (key, part) in splitter.split(batch)? {
+                    writer.write(key, part).await?;
+                }
             }
         }
         writer.close().await
     }
+}
+
+/// The position of `_hlc_time` in the table's batches when the partition spec is exactly
+/// LakeSync's `day(_hlc_time)`; `None` for any other spec.
+fn hlc_day_column(spec: &PartitionSpec, schema: &Schema, arrow: &SchemaRef) -> Option<usize> {
+    let [field] = spec.fields() else {
+        return None;
+    };
+    let source = schema.field_by_name(mapping::HLC_TIME)?;
+    (field.transform == Transform::Day && field.source_id == source.id)
+        .then(|| arrow.index_of(mapping::HLC_TIME).ok())
+        .flatten()
+}
+
+/// The day (since the Unix epoch) of every value of a `_hlc_time` column, when they all fall
+/// on one day.
+fn single_day(column: &ArrayRef) -> Option<i32> {
+    const MICROS_PER_DAY: i64 = 86_400_000_000;
+    let times = column.as_primitive_opt::<TimestampMicrosecondType>()?;
+    if times.null_count() > 0 {
+        return None;
+    }
+    let first = arrow::compute::min(times)?.div_euclid(MICROS_PER_DAY);
+    let last = arrow::compute::max(times)?.div_euclid(MICROS_PER_DAY);
+    (first == last).then(|| i32::try_from(first).ok()).flatten()
 }
 
 /// A data-file name prefix unique to this commit: epoch, pipeline and sink for people reading
