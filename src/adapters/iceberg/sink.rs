@@ -18,9 +18,10 @@
 //!    or past `e`, the epoch is a replay after a crash and the buffer is dropped;
 //! 2. writes the buffer as Parquet data files through iceberg-rust's writer stack
 //!    (`ParquetWriterBuilder` → `RollingFileWriterBuilder` → `DataFileWriterBuilder`, zstd, file
-//!    names unique per commit); on a partitioned table a `RecordBatchPartitionSplitter` splits
-//!    each batch by the table's partition spec and a `FanoutWriter` keeps one writer per
-//!    partition, so every data file holds one day and carries its partition value;
+//!    names unique per commit); on a partitioned table a `FanoutWriter` keeps one writer per
+//!    partition, so every data file holds one day and carries its partition value (a batch
+//!    within one day goes to its day whole; others are split by iceberg-rust's
+//!    `RecordBatchPartitionSplitter`, which also serves specs other writers evolved to);
 //! 3. commits ONE `fast_append` snapshot whose summary carries `lakesync.pipeline`,
 //!    `lakesync.sink` and `lakesync.epoch`, and, in the same metadata swap, the table property
 //!    `lakesync.epoch.<pipeline>.<sink>` = `e`. The snapshot's manifest list references a new
