@@ -4,7 +4,7 @@
 #   eval "$(bash scripts/python-tools.sh)"   # create or reuse the venv, print `export` lines
 #
 # Installs pyiceberg (SQL catalog on SQLite, with PyArrow, whose pyarrow.flight the gateway's
-# Flight interop and benchmark use), DuckDB and websockets (the gateway's WebSocket interop) with
+# Flight interop and benchmark use), DuckDB with its iceberg/avro/httpfs extension wheels, and websockets (the gateway's WebSocket interop) with
 # pip into the venv ${LAKESYNC_TOOLS_DIR:-$HOME/.cache/lakesync-tools}/py. A venv that already
 # holds exactly these pins (recorded in a stamp file after a successful install) and imports them
 # is reused as is, so a warm machine pays nothing. Progress goes to stderr; stdout carries only
@@ -16,8 +16,11 @@ set -euo pipefail
 TOOLS_DIR="${LAKESYNC_TOOLS_DIR:-${HOME:-/root}/.cache/lakesync-tools}"
 VENV="$TOOLS_DIR/py"
 STAMP="$VENV/.lakesync-requirements"
-REQUIREMENTS=("pyiceberg[sql-sqlite,pyarrow]==0.12.*" "duckdb==1.5.5" "websockets==17.4")
-IMPORTS="import pyiceberg, pyiceberg.catalog.sql, pyarrow, pyarrow.flight, sqlalchemy, duckdb, websockets, websockets.sync.client"
+# DuckDB's extensions come as PyPI wheels pinned to its version (loaded from their files, so no
+# extension repository is contacted): iceberg + avro + httpfs read the lake through a REST catalogue.
+REQUIREMENTS=("pyiceberg[sql-sqlite,pyarrow]==0.12.*" "duckdb==1.5.5" "duckdb-extension-iceberg==1.5.5"
+  "duckdb-extension-avro==1.5.5" "duckdb-extension-httpfs==1.5.5" "websockets==17.4")
+IMPORTS="import pyiceberg, pyiceberg.catalog.sql, pyiceberg.catalog.rest, pyarrow, pyarrow.flight, sqlalchemy, duckdb, duckdb_extension_iceberg, duckdb_extension_avro, duckdb_extension_httpfs, websockets, websockets.sync.client"
 
 T0=${EPOCHREALTIME:-0}
 # Progress line on stderr, stamped with the seconds since this script started.

@@ -5,7 +5,11 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use crate::adapters::iceberg::{IcebergCatalogConfig, IcebergSink};
+use object_store::ObjectStore;
+use object_store::prefix::PrefixStore;
+
+use crate::adapters::iceberg::storage::split_s3_url;
+use crate::adapters::iceberg::{IcebergCatalogConfig, IcebergSink, S3Config};
 use crate::adapters::jsonl::{JsonlFormat, JsonlSource};
 use crate::adapters::mysql::{
     MysqlSink, MysqlSinkOptions, MysqlSource, MysqlSourceOptions, MysqlStrategy, MysqlTableSpec,
@@ -289,21 +293,29 @@ pub async fn build_sink(
                 spec::ParquetCompression::Snappy => ParquetCompression::Snappy,
                 spec::ParquetCompression::None => ParquetCompression::None,
             };
-            if s.path.contains("://") {
+            if let Some((bucket, prefix)) = split_s3_url(&s.path) {
+                let store = s3_config(s.s3.as_ref()).store(bucket)?;
+                let store: Arc<dyn ObjectStore> = match prefix.trim_end_matches('/') {
+                    "" => store,
+                    prefix => Arc::new(PrefixStore::new(store, prefix)),
+                };
+                Box::new(ParquetSink::new(name, pipeline, store, compression))
+            } else if s.path.contains("://") {
                 return Err(Error::invalid(
                     "parquet sink",
                     format!(
-                        "sinks.{name}.path: {:?}: object-store URLs arrive with the lakehouse adapters; use a local directory",
+                        "sinks.{name}.path: {:?}: only s3:// URLs and local directories are supported",
                         s.path
                     ),
                 ));
+            } else {
+                Box::new(ParquetSink::local(
+                    name,
+                    pipeline,
+                    &plan.resolve_path(&s.path),
+                    compression,
+                )?)
             }
-            Box::new(ParquetSink::local(
-                name,
-                pipeline,
-                &plan.resolve_path(&s.path),
-                compression,
-            )?)
         }
         SinkSpec::Tier(s) => {
             let hot = Box::pin(build_sink(plan, pipeline, &format!("{name}.hot"), &s.hot)).await?;
@@ -364,9 +376,29 @@ pub fn catalog_config(plan: &Plan, spec: &CatalogSpec) -> Result<IcebergCatalogC
             plan.resolve_path(&s.uri),
             plan.resolve_path(&s.warehouse),
         )),
-        CatalogSpec::Rest(_) => Err(Error::invalid(
-            "iceberg catalog",
-            "the REST catalogue arrives with the lakehouse adapters; use `type: sql` for the embedded lake",
-        )),
+        CatalogSpec::Rest(s) => Ok(IcebergCatalogConfig::Rest {
+            uri: s.uri.clone(),
+            warehouse: s.warehouse.clone(),
+            name: crate::adapters::iceberg::DEFAULT_CATALOG_NAME.to_string(),
+            credential: s.credential.clone(),
+            token: s.token.clone(),
+            s3: s3_config(s.s3.as_ref()),
+        }),
+    }
+}
+
+/// The S3 client settings of an `s3:` block (none: everything from the environment).
+pub fn s3_config(spec: Option<&spec::S3Spec>) -> S3Config {
+    let Some(spec) = spec else {
+        return S3Config::default();
+    };
+    let set = |v: &Option<String>| v.clone().filter(|v| !v.is_empty());
+    S3Config {
+        endpoint: set(&spec.endpoint),
+        region: set(&spec.region),
+        access_key_id: set(&spec.access_key_id),
+        secret_access_key: set(&spec.secret_access_key),
+        session_token: None,
+        path_style: spec.path_style,
     }
 }

@@ -64,7 +64,8 @@ enum Command {
     Query {
         /// The SQL statement.
         sql: String,
-        /// Take the lake from this pipeline's first Iceberg sink.
+        /// Take the lake from this pipeline's first Iceberg sink (its namespace is the default
+        /// schema for unqualified table names).
         #[arg(long, conflicts_with_all = ["catalog", "warehouse"])]
         pipeline: Option<PathBuf>,
         /// The SQL catalogue's SQLite file (default: lake/catalog.sqlite).
@@ -200,14 +201,18 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             catalog,
             warehouse,
         } => {
-            let config = match pipeline {
+            let (config, namespace) = match pipeline {
                 Some(file) => lake_of(&file)?,
-                None => IcebergCatalogConfig::sql(
-                    catalog.unwrap_or_else(|| "lake/catalog.sqlite".into()),
-                    warehouse.unwrap_or_else(|| "lake/warehouse".into()),
+                None => (
+                    IcebergCatalogConfig::sql(
+                        catalog.unwrap_or_else(|| "lake/catalog.sqlite".into()),
+                        warehouse.unwrap_or_else(|| "lake/warehouse".into()),
+                    ),
+                    lakesync::adapters::iceberg::DEFAULT_NAMESPACE.to_string(),
                 ),
             };
-            let batches = runtime()?.block_on(lakesync::query::query(&config, &sql))?;
+            let batches =
+                runtime()?.block_on(lakesync::query::query_in(&config, &namespace, &sql))?;
             println!("{}", lakesync::query::format_batches(&batches));
         }
         Command::Schema => {
@@ -330,12 +335,13 @@ async fn run_files(files: Vec<PathBuf>, mode: ReadMode) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The lake of a pipeline's first Iceberg sink.
-fn lake_of(file: &std::path::Path) -> anyhow::Result<IcebergCatalogConfig> {
+/// The lake of a pipeline's first Iceberg sink, and that sink's namespace.
+fn lake_of(file: &std::path::Path) -> anyhow::Result<(IcebergCatalogConfig, String)> {
     let plan = load_plan(file, &Env::process())?;
     for (_, spec) in plan.sinks.iter() {
         if let lakesync::config::spec::SinkSpec::Iceberg(s) = spec {
-            return Ok(lakesync::build::catalog_config(&plan, &s.catalog)?);
+            let config = lakesync::build::catalog_config(&plan, &s.catalog)?;
+            return Ok((config, s.namespace.clone()));
         }
     }
     anyhow::bail!("{} has no iceberg sink", file.display())

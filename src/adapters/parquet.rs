@@ -50,7 +50,8 @@ pub struct ParquetSink {
 }
 
 fn store_error(e: object_store::Error) -> Error {
-    Error::external("object store", true, e)
+    let retryable = crate::adapters::iceberg::storage::is_transient(&e);
+    Error::external("object store", retryable, e)
 }
 
 impl ParquetSink {

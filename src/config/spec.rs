@@ -903,6 +903,9 @@ pub struct RestCatalogSpec {
     /// An OAuth2 client credential (`client_id:client_secret`); use `${VAR}`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub credential: Option<String>,
+    /// A bearer token, instead of a credential (R2 Data Catalog's API token, say); use `${VAR}`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token: Option<String>,
     /// S3 settings for reading and writing data files.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub s3: Option<S3Spec>,
@@ -924,9 +927,10 @@ pub struct S3Spec {
     /// The secret access key; use `${VAR}`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub secret_access_key: Option<String>,
-    /// Path-style addressing (`endpoint/bucket/key`), as MinIO needs (default false).
-    #[serde(default)]
-    pub path_style: bool,
+    /// Path-style addressing (`endpoint/bucket/key`). Default: path-style when an endpoint is
+    /// set (MinIO, SeaweedFS, R2), virtual-hosted-style (`bucket.endpoint/key`) on AWS S3.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path_style: Option<bool>,
 }
 
 /// A SQLite file: deltas, and (by default) materialised tables.
@@ -1014,6 +1018,9 @@ pub struct ParquetSinkSpec {
     /// The compression codec (default zstd).
     #[serde(default)]
     pub compression: ParquetCompression,
+    /// S3 settings for an `s3://` path (unset ones come from the `AWS_*` environment).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub s3: Option<S3Spec>,
 }
 
 /// A Parquet compression codec.

@@ -33,8 +33,8 @@ use super::node::{child_path, item_path};
 use super::plan::{FilterPlan, Lane, Plan, resolve};
 use super::spec::{
     CaptureStrategy, CatalogSpec, FilterSpec, GatewaySourceSpec, JsonlFormat, JsonlSourceSpec,
-    MysqlSourceSpec, OperatorSpec, PIPELINE_VERSION, PipelineSpec, PostgresSourceSpec, SinkSpec,
-    SourceSpec, SqlStrategy, SqlTableSpec, SqliteSourceSpec,
+    MysqlSourceSpec, OperatorSpec, PIPELINE_VERSION, PipelineSpec, PostgresSourceSpec, S3Spec,
+    SinkSpec, SourceSpec, SqlStrategy, SqlTableSpec, SqliteSourceSpec,
 };
 use super::suggest;
 use super::units::HumanDuration;
@@ -1019,6 +1019,21 @@ impl<'s> Validator<'s> {
         }
     }
 
+    fn s3(&mut self, at: &str, s3: Option<&S3Spec>) {
+        if let Some(endpoint) = s3.and_then(|s| s.endpoint.as_ref())
+            && !is_http_url(endpoint)
+        {
+            self.error(
+                format!("{at}.endpoint"),
+                format!("{endpoint:?} is not an http(s) URL with a host"),
+            )
+            .hint = Some(
+                "e.g. http://127.0.0.1:9000 or https://<account>.r2.cloudflarestorage.com"
+                    .to_string(),
+            );
+        }
+    }
+
     fn sink(&mut self, at: &str, sink: &SinkSpec) {
         match sink {
             SinkSpec::Iceberg(spec) => {
@@ -1028,22 +1043,17 @@ impl<'s> Validator<'s> {
                         self.non_empty(format!("{at}.catalog.warehouse"), &c.warehouse);
                     }
                     CatalogSpec::Rest(c) => {
-                        if !(c.uri.starts_with("http://") || c.uri.starts_with("https://")) {
+                        if !is_http_url(&c.uri) {
                             self.error(
                                 format!("{at}.catalog.uri"),
-                                format!("{:?} is not an http(s) URL", c.uri),
+                                format!("{:?} is not an http(s) URL with a host", c.uri),
+                            )
+                            .hint = Some(
+                                "the catalogue's base URL, e.g. http://127.0.0.1:8181".to_string(),
                             );
                         }
                         self.non_empty(format!("{at}.catalog.warehouse"), &c.warehouse);
-                        if let Some(endpoint) = c.s3.as_ref().and_then(|s| s.endpoint.as_ref())
-                            && !(endpoint.starts_with("http://")
-                                || endpoint.starts_with("https://"))
-                        {
-                            self.error(
-                                format!("{at}.catalog.s3.endpoint"),
-                                format!("{endpoint:?} is not an http(s) URL"),
-                            );
-                        }
+                        self.s3(&format!("{at}.catalog.s3"), c.s3.as_ref());
                     }
                 }
                 if spec.namespace.is_empty() || !spec.namespace.split('.').all(is_identifier) {
@@ -1068,7 +1078,37 @@ impl<'s> Validator<'s> {
                 }
             }
             SinkSpec::Mysql(spec) => self.non_empty(format!("{at}.url"), &spec.url),
-            SinkSpec::Parquet(spec) => self.non_empty(format!("{at}.path"), &spec.path),
+            SinkSpec::Parquet(spec) => {
+                self.non_empty(format!("{at}.path"), &spec.path);
+                let s3 = crate::adapters::iceberg::storage::split_s3_url(&spec.path);
+                match s3 {
+                    Some(("", _)) => {
+                        self.error(
+                            format!("{at}.path"),
+                            format!("{:?} names no bucket", spec.path),
+                        )
+                        .hint = Some("s3://bucket/prefix".to_string());
+                    }
+                    Some(_) => {}
+                    None if spec.path.contains("://") => {
+                        self.error(
+                            format!("{at}.path"),
+                            format!(
+                                "{:?}: only s3:// URLs and local directories are supported",
+                                spec.path
+                            ),
+                        );
+                    }
+                    None if spec.s3.is_some() => {
+                        self.error(
+                            format!("{at}.s3"),
+                            "S3 settings need an s3:// path".to_string(),
+                        );
+                    }
+                    None => {}
+                }
+                self.s3(&format!("{at}.s3"), spec.s3.as_ref());
+            }
             SinkSpec::Tier(spec) => {
                 if spec.max_age.get().is_zero() {
                     self.error(format!("{at}.max_age"), "must be longer than 0s");
@@ -1240,6 +1280,14 @@ struct PolledTable<'a> {
     cursor_column: Option<&'a str>,
     is_cursor: bool,
     lookback: Option<&'a HumanDuration>,
+}
+
+/// `http://host…` or `https://host…` with a non-empty host.
+fn is_http_url(url: &str) -> bool {
+    url.strip_prefix("http://")
+        .or_else(|| url.strip_prefix("https://"))
+        .and_then(|rest| rest.split(['/', '?', '#']).next())
+        .is_some_and(|host| !host.is_empty() && !host.contains(char::is_whitespace))
 }
 
 #[cfg(test)]

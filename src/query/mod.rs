@@ -3,9 +3,9 @@
 //! [`query`] opens the lake's catalogue ([`IcebergCatalogConfig`]) and registers it with a
 //! DataFusion `SessionContext` as the catalogue [`LAKE_CATALOG`] (through iceberg-datafusion's
 //! `IcebergCatalogProvider`), with [`LAKE_CATALOG`]`.`[`DEFAULT_NAMESPACE`] as the default
-//! schema. So `SELECT … FROM lake.lakesync.tasks`, `SELECT … FROM lakesync.tasks` and
-//! `SELECT … FROM tasks` all name the same table, and every other namespace is
-//! `lake.<namespace>.<table>` or `<namespace>.<table>`.
+//! schema ([`query_in`] takes another). So `SELECT … FROM lake.lakesync.tasks`,
+//! `SELECT … FROM lakesync.tasks` and `SELECT … FROM tasks` all name the same table, and every
+//! other namespace is `lake.<namespace>.<table>` or `<namespace>.<table>`.
 //!
 //! A query sees each table's current snapshot as of when the query started (the catalogue's
 //! tables are listed and loaded when the session is made). Rows are deltas in the Iceberg form
@@ -32,6 +32,12 @@ pub const LAKE_CATALOG: &str = "lake";
 /// A DataFusion session with the lake registered as [`LAKE_CATALOG`] (and as the default
 /// catalogue, with [`DEFAULT_NAMESPACE`] as the default schema).
 pub async fn session(catalog: &IcebergCatalogConfig) -> Result<SessionContext> {
+    session_in(catalog, DEFAULT_NAMESPACE).await
+}
+
+/// Like [`session`], with `namespace` as the default schema (so unqualified table names are
+/// that namespace's: `lakesync query --pipeline` uses its Iceberg sink's namespace).
+pub async fn session_in(catalog: &IcebergCatalogConfig, namespace: &str) -> Result<SessionContext> {
     let catalog = connect(catalog).await?;
     let provider = IcebergCatalogProvider::try_new(catalog)
         .await
@@ -42,7 +48,7 @@ pub async fn session(catalog: &IcebergCatalogConfig) -> Result<SessionContext> {
             source: Some(Box::new(e)),
         })?;
     let config = SessionConfig::new()
-        .with_default_catalog_and_schema(LAKE_CATALOG, DEFAULT_NAMESPACE)
+        .with_default_catalog_and_schema(LAKE_CATALOG, namespace)
         .with_information_schema(true);
     let ctx = SessionContext::new_with_config(config);
     ctx.register_catalog(LAKE_CATALOG, Arc::new(provider));
@@ -51,7 +57,16 @@ pub async fn session(catalog: &IcebergCatalogConfig) -> Result<SessionContext> {
 
 /// Runs `sql` over the lake `catalog` describes and returns the result batches.
 pub async fn query(catalog: &IcebergCatalogConfig, sql: &str) -> Result<Vec<RecordBatch>> {
-    let ctx = session(catalog).await?;
+    query_in(catalog, DEFAULT_NAMESPACE, sql).await
+}
+
+/// Like [`query`], with `namespace` as the default schema.
+pub async fn query_in(
+    catalog: &IcebergCatalogConfig,
+    namespace: &str,
+    sql: &str,
+) -> Result<Vec<RecordBatch>> {
+    let ctx = session_in(catalog, namespace).await?;
     let started = std::time::Instant::now();
     let frame = ctx.sql(sql).await.map_err(query_error)?;
     let batches = frame.collect().await.map_err(query_error)?;

@@ -50,19 +50,19 @@ fn lake() -> Lake {
     }
 }
 
-const WALL_MS: u64 = 1_780_000_000_000;
+pub(crate) const WALL_MS: u64 = 1_780_000_000_000;
 
-fn tasks() -> TableRef {
+pub(crate) fn tasks() -> TableRef {
     Arc::new(tasks_schema())
 }
 
 /// `count` synthetic deltas of `tasks` (inserts, column-level updates, deletes).
-fn task_deltas(count: usize, seed: u64, start_wall_ms: u64) -> Vec<RowDelta> {
+pub(crate) fn task_deltas(count: usize, seed: u64, start_wall_ms: u64) -> Vec<RowDelta> {
     Workload::new(60, 4, seed).deltas(count, start_wall_ms)
 }
 
 /// Deltas as the delta contract round-trips them (JSON numbers normalised), by deltaId.
-fn canonical(table: &TableSchema, batches: &[RecordBatch]) -> Vec<RowDelta> {
+pub(crate) fn canonical(table: &TableSchema, batches: &[RecordBatch]) -> Vec<RowDelta> {
     let mut out: Vec<RowDelta> = batches
         .iter()
         .flat_map(|b| batch_to_deltas(b).expect("a delta batch converts to rows"))
@@ -73,7 +73,7 @@ fn canonical(table: &TableSchema, batches: &[RecordBatch]) -> Vec<RowDelta> {
 }
 
 /// What the lake returned, as delta rows by deltaId.
-fn lake_deltas(table: &TableSchema, batches: &[RecordBatch]) -> Vec<RowDelta> {
+pub(crate) fn lake_deltas(table: &TableSchema, batches: &[RecordBatch]) -> Vec<RowDelta> {
     let deltas: Vec<RecordBatch> = batches
         .iter()
         .map(|b| to_delta_batch(table, b).expect("a lake batch converts to a delta batch"))
@@ -81,7 +81,7 @@ fn lake_deltas(table: &TableSchema, batches: &[RecordBatch]) -> Vec<RowDelta> {
     canonical(table, &deltas)
 }
 
-async fn write(sink: &mut IcebergSink, table: &TableRef, deltas: &[RowDelta]) {
+pub(crate) async fn write(sink: &mut IcebergSink, table: &TableRef, deltas: &[RowDelta]) {
     // Two writes per call, so that commits cover several buffered batches.
     let (a, b) = deltas.split_at(deltas.len() / 2);
     for part in [a, b] {
@@ -438,7 +438,7 @@ async fn concurrent_commits_retry_and_never_duplicate_an_epoch() {
 }
 
 /// One JSON object per row, in the canonical form tests/python/read_iceberg.py prints.
-fn json_rows(batches: &[RecordBatch]) -> Vec<Value> {
+pub(crate) fn json_rows(batches: &[RecordBatch]) -> Vec<Value> {
     let mut rows = Vec::new();
     for batch in batches {
         let schema = batch.schema();
@@ -607,5 +607,199 @@ async fn pyiceberg_reads_the_quickstart_lake() {
     assert_eq!(
         theirs, ours,
         "pyiceberg and lakesync query disagree on the quickstart's table"
+    );
+}
+
+/// New tables are partitioned by `day(_hlc_time)`: a commit spanning three days writes one data
+/// file per day, under the partition's directory, and a filter on `_hlc_time` reads the right
+/// rows. A table made before partitioning (no `_hlc_time`, unpartitioned) keeps working.
+#[tokio::test]
+async fn new_tables_are_partitioned_by_hlc_day_and_old_ones_keep_working() {
+    use ::iceberg::spec::{Schema, Transform};
+    use lakesync::adapters::iceberg::mapping::{HLC_DAY, HLC_TIME, iceberg_schema};
+
+    const DAY_MS: u64 = 86_400_000;
+    let lake = lake();
+    let tasks = tasks();
+    let mut sink = IcebergSink::connect(&lake.config, "lakesync", "p", "lake")
+        .await
+        .expect("connect the sink");
+
+    // An "old" table: the schema without _hlc_time, no partition spec.
+    let legacy: TableRef = Arc::new(TableSchema::new(
+        "legacy",
+        vec![ColumnDef::new("body", ColumnType::String)],
+    ));
+    let catalog = connect(&lake.config).await.expect("connect");
+    let ns = ::iceberg::NamespaceIdent::new("lakesync".into());
+    catalog
+        .create_namespace(&ns, Default::default())
+        .await
+        .expect("create the namespace");
+    let fields: Vec<_> = iceberg_schema(&legacy)
+        .expect("schema")
+        .as_struct()
+        .fields()
+        .iter()
+        .filter(|f| f.name != HLC_TIME)
+        .cloned()
+        .collect();
+    let old_schema = Schema::builder()
+        .with_fields(fields)
+        .build()
+        .expect("old schema");
+    catalog
+        .create_table(
+            &ns,
+            ::iceberg::TableCreation::builder()
+                .name("legacy".into())
+                .schema(old_schema)
+                .build(),
+        )
+        .await
+        .expect("create the old table");
+
+    sink.prepare(&[tasks.clone(), legacy.clone()])
+        .await
+        .expect("prepare");
+    let days: Vec<RowDelta> = (0..3)
+        .flat_map(|d| task_deltas(100, 30 + d, WALL_MS + d * DAY_MS))
+        .collect();
+    write(&mut sink, &tasks, &days).await;
+    let notes: Vec<RowDelta> = (0..5)
+        .map(|i| {
+            RowDelta::new(
+                lakesync::kernel::delta::DeltaOp::Insert,
+                "legacy",
+                format!("n{i}"),
+                "c",
+                vec![lakesync::kernel::delta::ColumnDelta::new(
+                    "body",
+                    serde_json::json!(format!("note {i}")),
+                )],
+                lakesync::kernel::hlc::HlcTimestamp(((WALL_MS + i * DAY_MS) << 16) | i),
+            )
+        })
+        .collect();
+    write(&mut sink, &legacy, &notes).await;
+    assert_eq!(sink.commit(1).await.expect("commit").rows, 305);
+
+    // The new table: day(_hlc_time), one file per day in the partition's directory.
+    let table = load(&lake.config, "tasks").await;
+    let spec = table.metadata().default_partition_spec();
+    assert_eq!(spec.fields().len(), 1);
+    assert_eq!(spec.fields()[0].name, HLC_DAY);
+    assert_eq!(spec.fields()[0].transform, Transform::Day);
+    let files: Vec<String> = table
+        .scan()
+        .build()
+        .expect("plan")
+        .plan_files()
+        .await
+        .expect("plan files")
+        .map_ok(|t| t.data_file_path().to_string())
+        .try_collect()
+        .await
+        .expect("files");
+    assert_eq!(files.len(), 3, "{files:?}");
+    assert!(
+        files
+            .iter()
+            .all(|f| f.contains(&format!("/data/{HLC_DAY}="))),
+        "{files:?}"
+    );
+    let expected = canonical(&tasks, &[deltas_to_batch(&tasks, &days).expect("batch")]);
+    assert_eq!(
+        lake_deltas(&tasks, &scan_native(&lake.config, "tasks").await),
+        expected
+    );
+    // _hlc_time is the HLC's wall clock, in microseconds.
+    let hlc_times = query(
+        &lake.config,
+        "SELECT count(*) FROM tasks WHERE CAST(_hlc_time AS BIGINT) <> (_hlc / 65536) * 1000",
+    )
+    .await
+    .expect("hlc time check");
+    assert_eq!(
+        hlc_times[0].column(0).as_primitive::<Int64Type>().value(0),
+        0
+    );
+    let day_start = WALL_MS + DAY_MS - WALL_MS % DAY_MS;
+    assert_eq!(
+        count(
+            &lake.config,
+            &format!(
+                "SELECT count(*) FROM tasks WHERE _hlc_time >= to_timestamp_millis({day_start})"
+            )
+        )
+        .await,
+        200
+    );
+
+    // Epoch 2: a batch within one day (written whole to its day) and a batch across two days
+    // (split row by row) reach the same per-day writer: one new file per day.
+    let same_day = task_deltas(40, 40, WALL_MS);
+    let mut across = task_deltas(20, 41, WALL_MS + 100);
+    across.extend(task_deltas(20, 42, WALL_MS + 3 * DAY_MS));
+    for part in [&same_day, &across] {
+        let batch = deltas_to_batch(&tasks, part).expect("batch");
+        sink.write(&tasks, batch).await.expect("write");
+    }
+    assert_eq!(sink.commit(2).await.expect("commit 2").rows, 80);
+    let table = load(&lake.config, "tasks").await;
+    let files: Vec<String> = table
+        .scan()
+        .build()
+        .expect("plan")
+        .plan_files()
+        .await
+        .expect("plan files")
+        .map_ok(|t| t.data_file_path().to_string())
+        .try_collect()
+        .await
+        .expect("files");
+    assert_eq!(files.len(), 5, "{files:?}");
+    let mut partitions: Vec<&str> = files
+        .iter()
+        .filter_map(|f| f.rsplit_once('/').map(|(dir, _)| dir))
+        .collect();
+    partitions.sort();
+    partitions.dedup();
+    assert_eq!(partitions.len(), 4, "{partitions:?}");
+    assert_eq!(
+        count(
+            &lake.config,
+            &format!(
+                "SELECT count(*) FROM tasks WHERE _hlc_time >= to_timestamp_millis({day_start})"
+            )
+        )
+        .await,
+        220
+    );
+    let all: Vec<RowDelta> = days
+        .iter()
+        .chain(&same_day)
+        .chain(&across)
+        .cloned()
+        .collect();
+    let expected = canonical(&tasks, &[deltas_to_batch(&tasks, &all).expect("batch")]);
+    assert_eq!(
+        lake_deltas(&tasks, &scan_native(&lake.config, "tasks").await),
+        expected
+    );
+
+    // The old table stays unpartitioned, without _hlc_time, and takes the writes.
+    let old = load(&lake.config, "legacy").await;
+    assert!(old.metadata().default_partition_spec().is_unpartitioned());
+    assert!(
+        old.metadata()
+            .current_schema()
+            .field_by_name(HLC_TIME)
+            .is_none()
+    );
+    let expected = canonical(&legacy, &[deltas_to_batch(&legacy, &notes).expect("batch")]);
+    assert_eq!(
+        lake_deltas(&legacy, &scan_native(&lake.config, "legacy").await),
+        expected
     );
 }

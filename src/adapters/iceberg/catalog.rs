@@ -1,14 +1,21 @@
 //! Where the lake's Iceberg catalogue is, and connecting to it.
 //!
-//! Today the catalogue is iceberg-rust's SQL catalogue on a SQLite file, with the warehouse (data
-//! and metadata files) in a local directory: LakeSync's embedded default, which needs no server.
-//! Any Iceberg reader that speaks the SQL catalogue (pyiceberg's `SqlCatalog`, for one) reads
-//! the same tables from the same two paths. The SQL catalogue keys its rows by catalogue *name*,
-//! so another reader must use the same name ([`DEFAULT_CATALOG_NAME`] unless configured).
+//! Two catalogues, one `Arc<dyn iceberg::Catalog>`: nothing downstream (the sink,
+//! [`crate::query`]) knows which.
 //!
-//! [`IcebergCatalogConfig`] is an enum so that other catalogues (an Iceberg REST catalogue over
-//! an S3 warehouse is next) are new variants that [`connect`] turns into the same
-//! `Arc<dyn iceberg::Catalog>`; nothing downstream (the sink, [`crate::query`]) knows which.
+//! - [`IcebergCatalogConfig::Sql`]: iceberg-rust's SQL catalogue on a SQLite file, with the
+//!   warehouse (data and metadata files) in a local directory: LakeSync's embedded default,
+//!   which needs no server. Any Iceberg reader that speaks the SQL catalogue (pyiceberg's
+//!   `SqlCatalog`, for one) reads the same tables from the same two paths. The SQL catalogue
+//!   keys its rows by catalogue *name*, so another reader must use the same name
+//!   ([`DEFAULT_CATALOG_NAME`] unless configured).
+//! - [`IcebergCatalogConfig::Rest`]: an Iceberg REST catalogue (iceberg-catalog-rest 0.10.1;
+//!   Polaris, Lakekeeper, Nessie, Gravitino, S3 Tables, R2 Data Catalog, SeaweedFS) with its
+//!   warehouse on S3-compatible object storage, read and written through
+//!   [`super::storage::ObjectStoreStorage`]. The catalogue authenticates with an OAuth2 client
+//!   credential (`client_id:client_secret`, exchanged for a token at `/v1/oauth/tokens`) or a
+//!   bearer token; the S3 settings given here are what the catalogue's own properties for a
+//!   table (vended credentials, say) do not override.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -16,8 +23,13 @@ use std::sync::Arc;
 
 use iceberg::io::LocalFsStorageFactory;
 use iceberg::{Catalog, CatalogBuilder};
+use iceberg_catalog_rest::{
+    REST_CATALOG_PROP_URI, REST_CATALOG_PROP_WAREHOUSE, RestCatalogBuilder,
+};
 use iceberg_catalog_sql::{SqlBindStyle, SqlCatalogBuilder};
 use serde::{Deserialize, Serialize};
+
+use super::storage::{ObjectStoreStorageFactory, S3Config};
 
 use crate::{Error, Result};
 
@@ -25,7 +37,7 @@ use crate::{Error, Result};
 pub const DEFAULT_CATALOG_NAME: &str = "lakesync";
 
 /// Where a lake's Iceberg catalogue and warehouse are.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "lowercase", deny_unknown_fields)]
 #[non_exhaustive]
 pub enum IcebergCatalogConfig {
@@ -40,6 +52,60 @@ pub enum IcebergCatalogConfig {
         #[serde(default = "default_catalog_name")]
         name: String,
     },
+    /// An Iceberg REST catalogue with its warehouse on object storage.
+    Rest {
+        /// The catalogue's base URL (`http://127.0.0.1:8181`, `https://catalog.example.com`),
+        /// without the `/v1`.
+        uri: String,
+        /// The warehouse: a name or a location (`s3://iceberg-tables`), as the catalogue wants.
+        warehouse: String,
+        /// The name the catalogue goes by in LakeSync (messages, DataFusion).
+        #[serde(default = "default_catalog_name")]
+        name: String,
+        /// An OAuth2 client credential, `client_id:client_secret` (or just a secret).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        credential: Option<String>,
+        /// A bearer token, instead of a credential.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        token: Option<String>,
+        /// S3 settings for the data and metadata files.
+        #[serde(default)]
+        s3: S3Config,
+    },
+}
+
+impl std::fmt::Debug for IcebergCatalogConfig {
+    // The credential and the token stay out of logs (the S3 secrets are hidden by `S3Config`).
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Sql {
+                uri,
+                warehouse,
+                name,
+            } => f
+                .debug_struct("Sql")
+                .field("uri", uri)
+                .field("warehouse", warehouse)
+                .field("name", name)
+                .finish(),
+            Self::Rest {
+                uri,
+                warehouse,
+                name,
+                credential,
+                token,
+                s3,
+            } => f
+                .debug_struct("Rest")
+                .field("uri", uri)
+                .field("warehouse", warehouse)
+                .field("name", name)
+                .field("credential", &credential.as_ref().map(|_| "<redacted>"))
+                .field("token", &token.as_ref().map(|_| "<redacted>"))
+                .field("s3", s3)
+                .finish(),
+        }
+    }
 }
 
 fn default_catalog_name() -> String {
@@ -60,17 +126,34 @@ impl IcebergCatalogConfig {
     /// The catalogue's name.
     pub fn name(&self) -> &str {
         match self {
-            Self::Sql { name, .. } => name,
+            Self::Sql { name, .. } | Self::Rest { name, .. } => name,
+        }
+    }
+
+    /// A REST catalogue at `uri` with the warehouse `warehouse`, named
+    /// [`DEFAULT_CATALOG_NAME`], without credentials or S3 settings.
+    pub fn rest(uri: impl Into<String>, warehouse: impl Into<String>) -> Self {
+        Self::Rest {
+            uri: uri.into(),
+            warehouse: warehouse.into(),
+            name: default_catalog_name(),
+            credential: None,
+            token: None,
+            s3: S3Config::default(),
         }
     }
 }
 
-/// Connects to the catalogue `config` describes, creating the SQLite file, the warehouse
-/// directory and their parents when missing.
+/// Connects to the catalogue `config` describes.
 ///
+/// SQL: creates the SQLite file, the warehouse directory and their parents when missing.
 /// Relative paths are taken from the current directory. A path that is not UTF-8 or cannot be
 /// created is an [`Error::Invalid`] naming it; a catalogue that does not open is an
 /// [`Error::External`] from `iceberg`.
+///
+/// REST: a URI that is not an `http(s)://` URL is an [`Error::Invalid`]; the catalogue is asked
+/// for its configuration (and a token, when a credential is given) at once, so an unreachable
+/// or refusing catalogue is an [`Error::External`] here, naming the URI, and not later.
 pub async fn connect(config: &IcebergCatalogConfig) -> Result<Arc<dyn Catalog>> {
     match config {
         IcebergCatalogConfig::Sql {
@@ -108,6 +191,83 @@ pub async fn connect(config: &IcebergCatalogConfig) -> Result<Arc<dyn Catalog>> 
             tracing::debug!(catalog = %name, db = %db.display(), warehouse = %warehouse.display(), "connected to the Iceberg SQL catalog");
             Ok(Arc::new(catalog))
         }
+        IcebergCatalogConfig::Rest {
+            uri,
+            warehouse,
+            name,
+            credential,
+            token,
+            s3,
+        } => connect_rest(uri, warehouse, name, credential, token, s3).await,
+    }
+}
+
+async fn connect_rest(
+    uri: &str,
+    warehouse: &str,
+    name: &str,
+    credential: &Option<String>,
+    token: &Option<String>,
+    s3: &S3Config,
+) -> Result<Arc<dyn Catalog>> {
+    let invalid = |why: String| Error::invalid("iceberg catalog", why);
+    if name.trim().is_empty() {
+        return Err(invalid("the catalog name is empty".into()));
+    }
+    let uri = uri.trim_end_matches('/');
+    let host = uri
+        .strip_prefix("http://")
+        .or_else(|| uri.strip_prefix("https://"))
+        .map(|rest| rest.split(['/', '?', '#']).next().unwrap_or_default());
+    if host.is_none_or(str::is_empty) {
+        return Err(invalid(format!(
+            "the REST catalog uri {uri:?} is not an http(s) URL with a host"
+        )));
+    }
+    if warehouse.trim().is_empty() {
+        return Err(invalid("the REST catalog warehouse is empty".into()));
+    }
+    if let Some(endpoint) = &s3.endpoint
+        && !(endpoint.starts_with("http://") || endpoint.starts_with("https://"))
+    {
+        return Err(invalid(format!(
+            "the S3 endpoint {endpoint:?} is not an http(s) URL"
+        )));
+    }
+    let mut props = HashMap::from([
+        (REST_CATALOG_PROP_URI.to_string(), uri.to_string()),
+        (
+            REST_CATALOG_PROP_WAREHOUSE.to_string(),
+            warehouse.to_string(),
+        ),
+    ]);
+    if let Some(credential) = credential.as_ref().filter(|c| !c.is_empty()) {
+        props.insert("credential".into(), credential.clone());
+    }
+    if let Some(token) = token.as_ref().filter(|t| !t.is_empty()) {
+        props.insert("token".into(), token.clone());
+    }
+    let catalog = RestCatalogBuilder::default()
+        .with_storage_factory(Arc::new(ObjectStoreStorageFactory::new(s3.clone())))
+        .load(name.to_string(), props)
+        .await
+        .map_err(|e| rest_error(uri, "configuring", e))?;
+    // The catalogue is contacted lazily; ask it for something now, so that a wrong URI or
+    // credential fails here, with the URI in the message.
+    catalog
+        .list_namespaces(None)
+        .await
+        .map_err(|e| rest_error(uri, "listing namespaces of", e))?;
+    tracing::debug!(catalog = %name, uri, warehouse, s3_endpoint = s3.endpoint_name(), "connected to the Iceberg REST catalog");
+    Ok(Arc::new(catalog))
+}
+
+fn rest_error(uri: &str, what: &str, e: iceberg::Error) -> Error {
+    Error::External {
+        system: "iceberg",
+        message: format!("{what} the REST catalog at {uri}: {e}"),
+        retryable: e.retryable() || e.kind() == iceberg::ErrorKind::Unexpected,
+        source: Some(Box::new(e)),
     }
 }
 
@@ -195,7 +355,9 @@ mod tests {
         assert!(dir.path().join("nested/catalog.db").exists());
         assert!(dir.path().join("warehouse").is_dir());
 
-        let IcebergCatalogConfig::Sql { uri, warehouse, .. } = config;
+        let IcebergCatalogConfig::Sql { uri, warehouse, .. } = config else {
+            unreachable!()
+        };
         let nameless = IcebergCatalogConfig::Sql {
             uri,
             warehouse,
@@ -203,5 +365,28 @@ mod tests {
         };
         let err = connect(&nameless).await.err().unwrap().to_string();
         assert!(err.contains("catalog name is empty"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn rest_config_parses_and_bad_uris_are_refused_before_any_request() {
+        let config: IcebergCatalogConfig = serde_json::from_str(
+            r#"{"type": "rest", "uri": "http://127.0.0.1:8181", "warehouse": "s3://wh",
+                "credential": "id:secret", "s3": {"endpoint": "http://127.0.0.1:8333"}}"#,
+        )
+        .unwrap();
+        assert_eq!(config.name(), "lakesync");
+        let shown = format!("{config:?}");
+        assert!(
+            !shown.contains("id:secret") && shown.contains("127.0.0.1:8333"),
+            "{shown}"
+        );
+        for uri in ["127.0.0.1:8181", "http://", "https:///v1", "ftp://x"] {
+            let err = connect(&IcebergCatalogConfig::rest(uri, "s3://wh"))
+                .await
+                .err()
+                .unwrap();
+            assert_eq!(err.kind(), crate::ErrorKind::User, "{err}");
+            assert!(err.to_string().contains(uri.trim_end_matches('/')), "{err}");
+        }
     }
 }

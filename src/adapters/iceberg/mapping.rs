@@ -12,6 +12,7 @@
 //! | `_hlc` UInt64 | `long`, required | Int64 |
 //! | `_delta_id` FixedSizeBinary(32) | `fixed[32]`, required | FixedSizeBinary(32) |
 //! | `_set` List<UInt16> | `list<int>`, required, element required | List<Int32> |
+//! | (derived from `_hlc`) | `_hlc_time` `timestamptz`, required (tables made since day partitioning) | Timestamp(µs, "+00:00") |
 //! | `string` column | `string`, optional | Utf8 |
 //! | `number` column | `double`, optional | Float64 |
 //! | `integer` column | `long`, optional | Int64 |
@@ -34,8 +35,14 @@
 //! each data column's Iceberg `doc` records its LakeSync type (`lakesync.type=json`), so a
 //! table's [`TableSchema`] can be recovered from the lake alone ([`table_schema_of`]).
 //!
-//! Tables are unpartitioned for now: a delta table is appended to by epoch, and partitioning
-//! (by HLC day, say) can be added later as a partition-spec evolution without rewriting data.
+//! **Day partitioning.** A table LakeSync creates has one more column after the reserved ones,
+//! `_hlc_time` (`timestamptz`, required): the wall-clock time of `_hlc` (its upper 48 bits,
+//! milliseconds), derived on write. Iceberg transforms apply to timestamps, not to a packed
+//! `long`, so this is what makes a real time partition possible: the table's partition spec
+//! is `day(_hlc_time)` (partition field `_hlc_time_day`), and any engine prunes on a
+//! `_hlc_time` filter. Tables created before this (without `_hlc_time`, unpartitioned) keep
+//! working as they are: [`to_iceberg_batch`] fills `_hlc_time` only when the table has it, and
+//! [`table_schema_of`] skips it.
 //!
 //! Batches cross the boundary in both directions: [`to_iceberg_batch`] turns a delta batch into
 //! a batch of a table's Iceberg Arrow schema (with the `PARQUET:field_id` metadata that
@@ -49,7 +56,10 @@ use std::sync::Arc;
 use arrow::array::{Array, ArrayRef, RecordBatch, new_null_array};
 use arrow::compute::{CastOptions, cast_with_options};
 use arrow::datatypes::{DataType, Field, SchemaRef, TimeUnit};
-use iceberg::spec::{ListType, NestedField, NestedFieldRef, PrimitiveType, Schema, Type};
+use iceberg::spec::{
+    ListType, NestedField, NestedFieldRef, PrimitiveType, Schema, Transform, Type,
+    UnboundPartitionSpec,
+};
 use iceberg::transaction::AddColumn;
 
 use crate::kernel::delta_batch::{
@@ -66,6 +76,16 @@ pub const LAKE_ROW_ID: &str = "_rowid";
 
 /// The lake column names of the reserved columns, in order.
 pub const LAKE_RESERVED: [&str; RESERVED] = [OP, LAKE_ROW_ID, CLIENT_ID, HLC, DELTA_ID, SET];
+
+/// The derived column holding `_hlc`'s wall-clock time, which lake tables are partitioned by.
+pub const HLC_TIME: &str = "_hlc_time";
+
+/// The name of the partition field `day(_hlc_time)`.
+pub const HLC_DAY: &str = "_hlc_time_day";
+
+/// The field id of [`HLC_TIME`] in a fresh schema (after the reserved columns and `_set`'s
+/// element).
+const HLC_TIME_ID: i32 = 8;
 
 /// The lake name of the delta-contract column `name` (itself for every column but `_row_id`).
 pub fn lake_name(name: &str) -> &str {
@@ -121,7 +141,8 @@ fn type_doc(column_type: ColumnType) -> String {
 pub fn iceberg_schema(table: &TableSchema) -> Result<Schema> {
     check_lake_names(table)?;
     let mut fields = reserved_fields();
-    let first_data_id = 8;
+    fields.push(hlc_time_field());
+    let first_data_id = HLC_TIME_ID + 1;
     for (i, column) in table.columns.iter().enumerate() {
         let id = i32::try_from(i)
             .ok()
@@ -141,10 +162,35 @@ pub fn iceberg_schema(table: &TableSchema) -> Result<Schema> {
         .map_err(|e| Error::schema(format!("table {:?}: no Iceberg schema: {e}", table.table)))
 }
 
+fn hlc_time_field() -> NestedFieldRef {
+    NestedField::required(
+        HLC_TIME_ID,
+        HLC_TIME,
+        Type::Primitive(PrimitiveType::Timestamptz),
+    )
+    .with_doc(
+        "wall-clock time of _hlc (its upper 48 bits, ms); the table is partitioned by its day",
+    )
+    .into()
+}
+
+/// The partition spec of a new lake table with the Iceberg schema `schema` (made by
+/// [`iceberg_schema`]): `day(_hlc_time)`.
+pub fn partition_spec(schema: &Schema) -> Result<UnboundPartitionSpec> {
+    let source = schema
+        .field_by_name(HLC_TIME)
+        .ok_or_else(|| Error::internal("a lake schema without _hlc_time"))?;
+    UnboundPartitionSpec::builder()
+        .add_partition_field(source.id, HLC_DAY, Transform::Day)
+        .map(|b| b.build())
+        .map_err(|e| Error::internal(format!("the day(_hlc_time) partition spec: {e}")))
+}
+
 /// Checks that no data column of `table` takes a name the lake cannot hold.
 pub fn check_lake_names(table: &TableSchema) -> Result<()> {
     for column in &table.columns {
         if LAKE_RESERVED.contains(&column.name.as_str())
+            || column.name == HLC_TIME
             || iceberg::metadata_columns::is_metadata_column_name(&column.name)
         {
             return Err(Error::schema(format!(
@@ -202,7 +248,19 @@ pub fn table_schema_of(table: &str, schema: &Schema) -> Result<TableSchema> {
             )));
         }
     }
-    let columns = fields[RESERVED..]
+    let mut data = &fields[RESERVED..];
+    if let Some(first) = data.first()
+        && first.name == HLC_TIME
+    {
+        if *first.field_type != Type::Primitive(PrimitiveType::Timestamptz) {
+            return Err(not_ours(format!(
+                "column {HLC_TIME:?} has type {}, expected timestamptz",
+                first.field_type
+            )));
+        }
+        data = &data[1..];
+    }
+    let columns = data
         .iter()
         .map(|f| {
             let from_doc = f
@@ -307,6 +365,8 @@ pub fn to_iceberg_batch(batch: &RecordBatch, target: &SchemaRef) -> Result<Recor
     for (i, field) in target.fields().iter().enumerate() {
         let array = if i < RESERVED {
             Some(reserved[i].clone())
+        } else if i == RESERVED && field.name() == HLC_TIME {
+            Some(hlc_time(cols.hlc, field.data_type()))
         } else {
             source
                 .index_of(field.name())
@@ -320,6 +380,14 @@ pub fn to_iceberg_batch(batch: &RecordBatch, target: &SchemaRef) -> Result<Recor
     }
     RecordBatch::try_new(target.clone(), columns)
         .map_err(|e| Error::internal(format!("building an Iceberg batch: {e}")))
+}
+
+/// `_hlc_time` of each `_hlc`: its wall-clock milliseconds as microseconds, typed `data_type`
+/// (the table's `timestamptz`). `_hlc` is below 2^63 here, so the product fits.
+fn hlc_time(hlc: &arrow::array::UInt64Array, data_type: &DataType) -> ArrayRef {
+    let micros: arrow::array::TimestampMicrosecondArray =
+        arrow::compute::kernels::arity::unary(hlc, |h| ((h >> 16) as i64) * 1000);
+    Arc::new(micros.with_data_type(data_type.clone()))
 }
 
 /// Brings a batch already in a lake table's Iceberg Arrow form to `target`, a later (add-only
@@ -468,6 +536,8 @@ mod tests {
     use crate::kernel::delta::{ColumnDelta, DeltaOp, RowDelta};
     use crate::kernel::delta_batch::{batch_to_deltas, deltas_to_batch};
     use crate::kernel::hlc::HlcTimestamp;
+    use arrow::array::AsArray;
+    use arrow::datatypes::TimestampMicrosecondType;
     use serde_json::{Value, json};
 
     fn todos() -> TableSchema {
@@ -542,6 +612,7 @@ mod tests {
                 "_hlc",
                 "_delta_id",
                 "_set",
+                "_hlc_time",
                 "title",
                 "done",
                 "priority",
@@ -551,16 +622,22 @@ mod tests {
                 "extra"
             ]
         );
-        assert!(fields[..RESERVED].iter().all(|f| f.required));
-        assert!(fields[RESERVED..].iter().all(|f| !f.required));
+        assert!(fields[..=RESERVED].iter().all(|f| f.required));
+        assert!(fields[RESERVED + 1..].iter().all(|f| !f.required));
         let types: Vec<String> = fields.iter().map(|f| f.field_type.to_string()).collect();
         assert_eq!(types[0], "int");
         assert_eq!(types[3], "long");
         assert_eq!(types[4], "fixed(32)");
-        assert_eq!(types[8], "long");
-        assert_eq!(types[9], "double");
-        assert_eq!(types[10], "timestamptz");
-        assert_eq!(types[11], "string");
+        assert_eq!(types[6], "timestamptz");
+        assert_eq!(types[9], "long");
+        assert_eq!(types[10], "double");
+        assert_eq!(types[11], "timestamptz");
+        assert_eq!(types[12], "string");
+        let spec = partition_spec(&schema).unwrap();
+        assert_eq!(spec.fields().len(), 1);
+        assert_eq!(spec.fields()[0].name, HLC_DAY);
+        assert_eq!(spec.fields()[0].source_id, fields[RESERVED].id);
+        assert_eq!(spec.fields()[0].transform, Transform::Day);
         match fields[5].field_type.as_ref() {
             Type::List(list) => {
                 assert!(list.element_field.required);
@@ -587,6 +664,15 @@ mod tests {
                 .fields()
                 .iter()
                 .all(|f| f.metadata().contains_key("PARQUET:field_id"))
+        );
+        // _hlc_time is the HLC's wall clock (ms) in µs: the last delta's HLC is 2^63 - 1.
+        let hlc_time = iceberg
+            .column(RESERVED)
+            .as_primitive::<TimestampMicrosecondType>();
+        assert_eq!(hlc_time.value(0), 1_700_000_000_000 * 1000);
+        assert_eq!(
+            hlc_time.value(iceberg.num_rows() - 1),
+            (i64::MAX >> 16) * 1000
         );
         let back = to_delta_batch(&todos(), &iceberg).unwrap();
         assert_eq!(back, batch);

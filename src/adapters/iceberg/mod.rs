@@ -1,8 +1,11 @@
 //! Iceberg: the lake.
 //!
 //! LakeSync's lake tables are Iceberg tables of deltas, written through iceberg-rust 0.10.1:
-//! - [`catalog`]: where the catalogue is ([`IcebergCatalogConfig`]; today the SQL catalogue on
-//!   SQLite with a local-file warehouse, the embedded default) and [`connect`]ing to it;
+//! - [`catalog`]: where the catalogue is ([`IcebergCatalogConfig`]: the SQL catalogue on SQLite
+//!   with a local-file warehouse, the embedded default, or an Iceberg REST catalogue with an
+//!   S3-compatible warehouse) and [`connect`]ing to it;
+//! - [`storage`]: iceberg-rust's file I/O over `object_store` (S3-compatible buckets and local
+//!   files) for the REST catalogue;
 //! - [`mapping`]: the one place where the Arrow delta contract maps to Iceberg types and back;
 //! - [`sink`]: [`IcebergSink`], which makes every epoch one real snapshot per table, whose
 //!   manifests reference the Parquet data files, so that any Iceberg reader sees the rows.
@@ -12,9 +15,11 @@
 pub mod catalog;
 pub mod mapping;
 pub mod sink;
+pub mod storage;
 
 pub use catalog::{DEFAULT_CATALOG_NAME, IcebergCatalogConfig, connect};
 pub use sink::IcebergSink;
+pub use storage::{ObjectStoreStorage, ObjectStoreStorageFactory, S3Config};
 
 /// The namespace lake tables go in unless a pipeline names another.
 pub const DEFAULT_NAMESPACE: &str = "lakesync";
