@@ -5,17 +5,96 @@
 //! the kernel's LWW [`merge`], and plan the upserts and deletes with [`plan_materialise`]
 //! ([`plan_from_history`]). Only the loading and the executing differ per database.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
+use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use arrow::array::RecordBatch;
 
 use crate::kernel::delta::RowDelta;
-use crate::kernel::delta_batch::{RESERVED, deltas_to_batch, table_schema_of};
+use crate::kernel::delta_batch::{RESERVED, batch_to_deltas, deltas_to_batch, table_schema_of};
 use crate::kernel::materialise::{MaterialisePlan, before_delete_state, plan_materialise};
 use crate::kernel::merge::merge;
 use crate::kernel::schema::TableSchema;
+use crate::runtime::api::TableRef;
 use crate::{Error, Result};
+
+/// What a SQL sink holds between commits: the prepared schema of each destination table, and the
+/// deltas written since the last commit, per destination table in arrival order.
+#[derive(Debug, Default)]
+pub(crate) struct EpochBuffer {
+    tables: HashMap<String, TableRef>,
+    buffer: Vec<(String, Vec<RowDelta>)>,
+}
+
+impl EpochBuffer {
+    /// Records `tables` as prepared (replacing earlier schemas of the same tables).
+    pub(crate) fn prepared(&mut self, tables: &[TableRef]) {
+        for table in tables {
+            self.tables.insert(table.table.clone(), Arc::clone(table));
+        }
+    }
+
+    /// Buffers a delta batch of `table`, which must be prepared and fit its prepared schema. The
+    /// deltas are renamed to the table they belong to (a schema's `sourceTable`), as logs keep it.
+    pub(crate) fn write(
+        &mut self,
+        table: &TableRef,
+        batch: &RecordBatch,
+        here: &str,
+    ) -> Result<()> {
+        let prepared = self.tables.get(&table.table).ok_or_else(|| {
+            Error::internal(format!(
+                "{here}: write to table {:?}, which was not prepared",
+                table.table
+            ))
+        })?;
+        check_batch_fits(prepared, batch, here)?;
+        let mut deltas = batch_to_deltas(batch)?;
+        let delta_table = prepared.delta_table();
+        for d in &mut deltas {
+            if d.table != delta_table {
+                d.table = delta_table.to_string();
+            }
+        }
+        match self.buffer.last_mut() {
+            Some((name, buffered)) if *name == table.table => buffered.extend(deltas),
+            _ => self.buffer.push((table.table.clone(), deltas)),
+        }
+        Ok(())
+    }
+
+    /// Every buffered delta, in arrival order.
+    pub(crate) fn deltas(&self) -> Vec<&RowDelta> {
+        self.buffer.iter().flat_map(|(_, d)| d.iter()).collect()
+    }
+
+    /// The rows touched per destination table, with each table's latest prepared schema (it may
+    /// have evolved since the write).
+    pub(crate) fn touched(&self, here: &str) -> Result<Vec<(&TableRef, Vec<&str>)>> {
+        touched_rows(&self.buffer)
+            .into_iter()
+            .map(|(name, ids)| {
+                let table = self.tables.get(name).ok_or_else(|| {
+                    Error::internal(format!("{here}: table {name:?} is no longer prepared"))
+                })?;
+                Ok((table, ids))
+            })
+            .collect()
+    }
+
+    /// Empties the buffer; returns how many deltas it held.
+    pub(crate) fn clear(&mut self) -> usize {
+        let n = self.buffer.iter().map(|(_, d)| d.len()).sum();
+        self.buffer.clear();
+        n
+    }
+
+    /// The prepared table names.
+    pub(crate) fn table_names(&self) -> Vec<&String> {
+        self.tables.keys().collect()
+    }
+}
 
 /// Now, in microseconds since the Unix epoch.
 pub(crate) fn now_micros() -> i64 {

@@ -574,7 +574,7 @@ impl StreamReader {
         // Only changes already handed out came back: the runtime has not committed them yet.
         // Look further next time.
         if !queued && returned >= self.limit {
-            self.limit = self.limit.saturating_mul(2);
+            self.limit = self.limit.saturating_mul(2).min(1 << 30);
         } else if queued {
             self.limit = MIN_PEEK;
         }

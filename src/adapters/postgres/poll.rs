@@ -26,7 +26,7 @@ use sqlx::Row;
 use sqlx::postgres::{PgConnection, PgRow};
 
 use super::source::{PostgresSourceOptions, PostgresStrategy, PostgresTableSpec};
-use super::types::{cast_for, table_columns, text_to_json};
+use super::types::{cast_for, parse_pg_timestamp, table_columns, text_to_json};
 use super::{connect, data_error, ident, pg_error, qualified};
 use crate::adapters::diff_state::{DiffState, JournalEntry, fold};
 use crate::kernel::delta::{ColumnDelta, DeltaOp, ExtractContext, RowDelta, extract_delta};
@@ -430,10 +430,17 @@ impl Reader {
             ..
         } = &mut self.tables[i].kind
         {
-            *last = newest;
-            if lookback.is_some() {
+            if let Some(window) = lookback {
                 recent.extend(pairs);
+                // Only pairs inside the window behind the newest cursor value can matter.
+                let newest_micros = newest.as_ref().and_then(|(c, _)| parse_pg_timestamp(c));
+                if let Some(newest_micros) = newest_micros {
+                    let floor = newest_micros
+                        .saturating_sub(i64::try_from(window.as_micros()).unwrap_or(i64::MAX));
+                    recent.retain(|(_, c)| parse_pg_timestamp(c).is_none_or(|m| m > floor));
+                }
             }
+            *last = newest;
         }
         self.queue(i, &deltas)?;
         Ok(full)

@@ -22,9 +22,7 @@
 //! same transaction as the new schema record. Reads of the log: [`PostgresSink::deltas_since`]
 //! and [`PostgresSink::latest_state`].
 
-use std::collections::HashMap;
 use std::fmt;
-use std::sync::Arc;
 
 use arrow::array::RecordBatch;
 use async_trait::async_trait;
@@ -35,10 +33,9 @@ use sqlx::{Connection, Executor, Postgres, Row};
 use super::dialect::PostgresDialect;
 use super::{connect, ident, pg_error, qualified};
 use crate::adapters::sql_common::{
-    check_batch_fits, check_settings_unchanged, now_micros, plan_from_history, touched_rows,
+    EpochBuffer, check_settings_unchanged, now_micros, plan_from_history,
 };
 use crate::kernel::delta::{ColumnDelta, DeltaId, DeltaOp, RowDelta};
-use crate::kernel::delta_batch::batch_to_deltas;
 use crate::kernel::hlc::HlcTimestamp;
 use crate::kernel::materialise::{Cell, SqlDialect, check_materialisable, upsert_columns};
 use crate::kernel::schema::{ColumnType, TableSchema};
@@ -64,8 +61,8 @@ pub struct PostgresSink {
     dialect: PostgresDialect,
     options: PostgresSinkOptions,
     conn: PgConnection,
-    tables: HashMap<String, TableRef>,
-    buffer: Vec<(String, Vec<RowDelta>)>,
+    /// Prepared schemas and the deltas written since the last commit.
+    epoch: EpochBuffer,
 }
 
 impl fmt::Debug for PostgresSink {
@@ -132,8 +129,7 @@ impl PostgresSink {
             },
             options,
             conn,
-            tables: HashMap::new(),
-            buffer: Vec::new(),
+            epoch: EpochBuffer::default(),
         })
     }
 
@@ -311,9 +307,7 @@ impl Sink for PostgresSink {
         tx.commit()
             .await
             .map_err(|e| pg_error(format!("{here}: committing prepared tables"), e))?;
-        for table in tables {
-            self.tables.insert(table.table.clone(), Arc::clone(table));
-        }
+        self.epoch.prepared(tables);
         Ok(())
     }
 
@@ -331,25 +325,7 @@ impl Sink for PostgresSink {
 
     async fn write(&mut self, table: &TableRef, batch: RecordBatch) -> Result<()> {
         let here = self.here();
-        let prepared = self.tables.get(&table.table).ok_or_else(|| {
-            Error::internal(format!(
-                "{here}: write to table {:?}, which was not prepared",
-                table.table
-            ))
-        })?;
-        check_batch_fits(prepared, &batch, &here)?;
-        let mut deltas = batch_to_deltas(&batch)?;
-        let delta_table = prepared.delta_table();
-        for d in &mut deltas {
-            if d.table != delta_table {
-                d.table = delta_table.to_string();
-            }
-        }
-        match self.buffer.last_mut() {
-            Some((name, buffered)) if *name == table.table => buffered.extend(deltas),
-            _ => self.buffer.push((table.table.clone(), deltas)),
-        }
-        Ok(())
+        self.epoch.write(table, &batch, &here)
     }
 
     async fn commit(&mut self, epoch: u64) -> Result<CommitStats> {
@@ -383,14 +359,13 @@ impl Sink for PostgresSink {
             tx.rollback()
                 .await
                 .map_err(|e| pg_error(format!("{here}: rolling back epoch {epoch}"), e))?;
-            let dropped: usize = self.buffer.iter().map(|(_, d)| d.len()).sum();
-            self.buffer.clear();
+            let dropped = self.epoch.clear();
             tracing::info!(sink = %self.name, epoch, mark = ?mark, dropped, "epoch already committed; dropped its writes");
             return Ok(CommitStats::default());
         }
 
         let mut stats = CommitStats::default();
-        let all: Vec<&RowDelta> = self.buffer.iter().flat_map(|(_, d)| d.iter()).collect();
+        let all = self.epoch.deltas();
         for chunk in all.chunks(LOG_CHUNK) {
             let (inserted, bytes) = log_deltas(&mut tx, &log, chunk, &here).await?;
             stats.rows += inserted;
@@ -398,10 +373,7 @@ impl Sink for PostgresSink {
         }
         let synced_at = now_micros();
         if self.options.materialise {
-            for (name, ids) in touched_rows(&self.buffer) {
-                let table = self.tables.get(name).ok_or_else(|| {
-                    Error::internal(format!("{here}: table {name:?} is no longer prepared"))
-                })?;
+            for (table, ids) in self.epoch.touched(&here)? {
                 materialise_rows(&mut tx, &self.dialect, &log, table, &ids, synced_at, &here)
                     .await?;
             }
@@ -419,7 +391,7 @@ impl Sink for PostgresSink {
         tx.commit()
             .await
             .map_err(|e| pg_error(format!("{here}: committing epoch {epoch}"), e))?;
-        self.buffer.clear();
+        self.epoch.clear();
         Ok(stats)
     }
 }

@@ -33,10 +33,8 @@
 //!
 //! [`deleted_at`]: crate::kernel::materialise::DELETED_AT_COLUMN
 
-use std::collections::HashMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::time::Duration;
 
 use arrow::array::RecordBatch;
@@ -47,10 +45,9 @@ use sqlx::{Connection, Row};
 use super::dialect::{Bind, SqliteDialect, query_with};
 use super::{io_error, sqlite_error};
 use crate::adapters::sql_common::{
-    check_batch_fits, check_settings_unchanged, now_micros, plan_from_history, touched_rows,
+    EpochBuffer, check_settings_unchanged, now_micros, plan_from_history,
 };
 use crate::kernel::delta::{ColumnDelta, DeltaId, DeltaOp, RowDelta};
-use crate::kernel::delta_batch::batch_to_deltas;
 use crate::kernel::hlc::HlcTimestamp;
 use crate::kernel::materialise::{
     self, DELETED_AT_COLUMN, PROPS_COLUMN, ROW_ID_COLUMN, SYNCED_AT_COLUMN, SqlDialect,
@@ -108,11 +105,8 @@ pub struct SqliteSink {
     path: PathBuf,
     options: SqliteSinkOptions,
     conn: SqliteConnection,
-    /// Prepared schemas by destination table name.
-    tables: HashMap<String, TableRef>,
-    /// Deltas written since the last commit, with their destination table name, in arrival
-    /// order.
-    buffer: Vec<(String, Vec<RowDelta>)>,
+    /// Prepared schemas and the deltas written since the last commit.
+    epoch: EpochBuffer,
 }
 
 impl fmt::Debug for SqliteSink {
@@ -122,11 +116,7 @@ impl fmt::Debug for SqliteSink {
             .field("pipeline", &self.pipeline)
             .field("path", &self.path)
             .field("options", &self.options)
-            .field("tables", &self.tables.keys().collect::<Vec<_>>())
-            .field(
-                "buffered_deltas",
-                &self.buffer.iter().map(|(_, d)| d.len()).sum::<usize>(),
-            )
+            .field("tables", &self.epoch.table_names())
             .finish()
     }
 }
@@ -165,8 +155,7 @@ impl SqliteSink {
             path: path.to_path_buf(),
             options,
             conn,
-            tables: HashMap::new(),
-            buffer: Vec::new(),
+            epoch: EpochBuffer::default(),
         })
     }
 
@@ -319,9 +308,7 @@ impl Sink for SqliteSink {
         tx.commit()
             .await
             .map_err(|e| sqlite_error(format!("{here}: committing prepared tables"), e))?;
-        for table in tables {
-            self.tables.insert(table.table.clone(), Arc::clone(table));
-        }
+        self.epoch.prepared(tables);
         Ok(())
     }
 
@@ -331,26 +318,7 @@ impl Sink for SqliteSink {
 
     async fn write(&mut self, table: &TableRef, batch: RecordBatch) -> Result<()> {
         let here = self.here();
-        let prepared = self.tables.get(&table.table).ok_or_else(|| {
-            Error::internal(format!(
-                "{here}: write to table {:?}, which was not prepared",
-                table.table
-            ))
-        })?;
-        check_batch_fits(prepared, &batch, &here)?;
-        let mut deltas = batch_to_deltas(&batch)?;
-        // Batches name the destination table; the log keeps the table the deltas belong to.
-        let delta_table = prepared.delta_table();
-        for d in &mut deltas {
-            if d.table != delta_table {
-                d.table = delta_table.to_string();
-            }
-        }
-        match self.buffer.last_mut() {
-            Some((name, buffered)) if *name == table.table => buffered.extend(deltas),
-            _ => self.buffer.push((table.table.clone(), deltas)),
-        }
-        Ok(())
+        self.epoch.write(table, &batch, &here)
     }
 
     async fn commit(&mut self, epoch: u64) -> Result<CommitStats> {
@@ -371,14 +339,13 @@ impl Sink for SqliteSink {
             tx.rollback()
                 .await
                 .map_err(|e| sqlite_error(format!("{here}: rolling back epoch {epoch}"), e))?;
-            let dropped: usize = self.buffer.iter().map(|(_, d)| d.len()).sum();
-            self.buffer.clear();
+            let dropped = self.epoch.clear();
             tracing::info!(sink = %self.name, epoch, mark = ?mark, dropped, "epoch already committed; dropped its writes");
             return Ok(CommitStats::default());
         }
 
         let mut stats = CommitStats::default();
-        let all: Vec<&RowDelta> = self.buffer.iter().flat_map(|(_, d)| d.iter()).collect();
+        let all = self.epoch.deltas();
         for chunk in all.chunks(SqliteDialect.rows_per_statement(DELTA_BINDS)) {
             let (inserted, bytes) = log_deltas(&mut tx, chunk, &here).await?;
             stats.rows += inserted;
@@ -387,12 +354,7 @@ impl Sink for SqliteSink {
 
         let (mut upserted, mut deleted) = (0, 0);
         if self.options.materialise {
-            let touched = touched_rows(&self.buffer);
-            for (name, ids) in touched {
-                // The latest prepared schema: the table may have evolved since the write.
-                let table = self.tables.get(name).ok_or_else(|| {
-                    Error::internal(format!("{here}: table {name:?} is no longer prepared"))
-                })?;
+            for (table, ids) in self.epoch.touched(&here)? {
                 let (u, d) = materialise_rows(&mut tx, table, &ids, &synced_at, &here).await?;
                 upserted += u;
                 deleted += d;
@@ -414,7 +376,7 @@ impl Sink for SqliteSink {
             .await
             .map_err(|e| sqlite_error(format!("{here}: committing epoch {epoch}"), e))?;
         tracing::debug!(sink = %self.name, epoch, deltas = stats.rows, upserted, deleted, "committed");
-        self.buffer.clear();
+        self.epoch.clear();
         Ok(stats)
     }
 }
