@@ -21,7 +21,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use tokio::io::AsyncWriteExt;
 
-use crate::kernel::delta::{DeltaOp, RowDelta};
+use crate::kernel::delta::{DeltaOp, ExtractContext, RowDelta, extract_delta};
+use crate::kernel::hlc::Hlc;
 use crate::{Error, Result};
 
 /// An I/O error as a LakeSync error of `system`, saying what was being done where.
@@ -35,7 +36,7 @@ fn io_error(system: &'static str, context: impl Display, e: std::io::Error) -> E
 }
 
 /// Applies a delta to a snapshot of row images.
-pub(crate) fn fold(snapshot: &mut HashMap<String, Map<String, Value>>, delta: &RowDelta) {
+fn fold(snapshot: &mut HashMap<String, Map<String, Value>>, delta: &RowDelta) {
     match delta.op {
         DeltaOp::Delete => {
             snapshot.remove(&delta.row_id);
@@ -215,8 +216,87 @@ impl DiffState {
         Ok((state, replay))
     }
 
+    /// The diff of the snapshot against the table as read now (`rows`: row id and image, in read
+    /// order), as journal entries of at most `batch_size` deltas numbered after the snapshot's
+    /// `seq`: an INSERT per new row, an UPDATE of the changed columns per changed row, then a
+    /// DELETE per vanished row (in id order). `columns` are the data columns in schema order;
+    /// every delta gets its own HLC from `hlc`. Fails with the id when two rows share one.
+    pub(crate) fn diff(
+        &self,
+        rows: Vec<(String, Map<String, Value>)>,
+        table: &str,
+        client_id: &str,
+        hlc: &Hlc,
+        columns: &[String],
+        batch_size: usize,
+    ) -> std::result::Result<Vec<JournalEntry>, String> {
+        let mut seen = std::collections::HashSet::with_capacity(rows.len());
+        let mut deltas = Vec::new();
+        let context = |row_id| ExtractContext {
+            table,
+            row_id,
+            client_id,
+            hlc: hlc.now(),
+            columns: Some(columns),
+        };
+        for (row_id, after) in &rows {
+            if !seen.insert(row_id.as_str()) {
+                return Err(format!(
+                    "two rows have id {row_id:?}; the id column of a diffed table must be unique"
+                ));
+            }
+            deltas.extend(extract_delta(
+                self.snapshot.get(row_id),
+                Some(after),
+                context(row_id),
+            ));
+        }
+        let mut vanished: Vec<&String> = self
+            .snapshot
+            .keys()
+            .filter(|k| !seen.contains(k.as_str()))
+            .collect();
+        vanished.sort();
+        for row_id in vanished {
+            deltas.extend(extract_delta(
+                self.snapshot.get(row_id),
+                None,
+                context(row_id),
+            ));
+        }
+        let mut seq = self.seq;
+        Ok(deltas
+            .chunks(batch_size.max(1))
+            .map(|chunk| {
+                seq += 1;
+                JournalEntry {
+                    seq,
+                    deltas: chunk.to_vec(),
+                }
+            })
+            .collect())
+    }
+
+    /// Journals `entry` (when `journal`; replayed entries already are) and folds it into the
+    /// snapshot.
+    pub(crate) async fn apply(
+        &mut self,
+        entry: &JournalEntry,
+        journal: bool,
+        here: &str,
+    ) -> Result<()> {
+        if journal {
+            self.append(entry, here).await?;
+        }
+        for d in &entry.deltas {
+            fold(&mut self.snapshot, d);
+        }
+        self.seq = entry.seq;
+        Ok(())
+    }
+
     /// Appends a journal line and makes it durable.
-    pub(crate) async fn append(&self, entry: &JournalEntry, here: &str) -> Result<()> {
+    async fn append(&self, entry: &JournalEntry, here: &str) -> Result<()> {
         let at = |e| {
             io_error(
                 self.system,

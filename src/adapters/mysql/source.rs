@@ -53,8 +53,8 @@ use super::value::{
     to_json,
 };
 use super::{SYSTEM, binlog, mysql_error, redacted};
-use crate::adapters::diff_state::{DiffState, JournalEntry, fold};
-use crate::kernel::delta::{ColumnDelta, DeltaOp, ExtractContext, RowDelta, extract_delta};
+use crate::adapters::diff_state::{DiffState, JournalEntry};
+use crate::kernel::delta::{ColumnDelta, DeltaOp, RowDelta};
 use crate::kernel::delta_batch::deltas_to_batch;
 use crate::kernel::hlc::Hlc;
 use crate::kernel::materialise::SqlDialect;
@@ -573,9 +573,7 @@ impl Source for MysqlSource {
         }
         for (index, replay) in replays {
             for entry in replay {
-                reader
-                    .emit_diff(index, entry.seq, entry.deltas, false)
-                    .await?;
+                reader.emit_diff(index, entry, false).await?;
             }
         }
         tracing::debug!(source = %self.name, tables = reader.tables.len(), replayed = reader.pending.len(), "mysql source opened");
@@ -1129,86 +1127,38 @@ impl PollReader {
             .fetch_all(&mut self.conn)
             .await
             .map_err(|e| mysql_error(format!("{}: reading table {:?}", self.here, name), e))?;
-        let names = schema.column_names();
-        let mut seen = HashSet::with_capacity(rows.len());
-        let mut deltas = Vec::new();
+        let mut images = Vec::with_capacity(rows.len());
         for row in &rows {
             let PolledRow {
                 row_id,
                 values: after,
                 ..
             } = read_row(row, &info, 0).map_err(|(col, e)| self.cell_err(&name, col, e))?;
-            deltas.extend(extract_delta(
-                state.snapshot.get(&row_id),
-                Some(&after),
-                ExtractContext {
-                    table: schema.delta_table(),
-                    row_id: &row_id,
-                    client_id: &self.client_id,
-                    hlc: self.hlc.now(),
-                    columns: Some(&names),
-                },
-            ));
-            if !seen.insert(row_id.clone()) {
-                return Err(self.err(
-                    &name,
-                    format!(
-                        "two rows have id {row_id:?}; the id column of a diffed table must be unique"
-                    ),
-                ));
-            }
+            images.push((row_id, after));
         }
-        let mut vanished: Vec<&String> = state
-            .snapshot
-            .keys()
-            .filter(|k| !seen.contains(*k))
-            .collect();
-        vanished.sort();
-        for row_id in vanished {
-            deltas.extend(extract_delta(
-                state.snapshot.get(row_id),
-                None,
-                ExtractContext {
-                    table: schema.delta_table(),
-                    row_id,
-                    client_id: &self.client_id,
-                    hlc: self.hlc.now(),
-                    columns: Some(&names),
-                },
-            ));
-        }
-        let mut seq = state.seq;
-        let mut chunks = Vec::new();
-        for chunk in deltas.chunks(self.batch_size) {
-            seq += 1;
-            chunks.push((seq, chunk.to_vec()));
-        }
-        for (seq, chunk) in chunks {
-            self.emit_diff(index, seq, chunk, true).await?;
+        let entries = state
+            .diff(
+                images,
+                schema.delta_table(),
+                &self.client_id,
+                &self.hlc,
+                &schema.column_names(),
+                self.batch_size,
+            )
+            .map_err(|e| self.err(&name, e))?;
+        for entry in entries {
+            self.emit_diff(index, entry, true).await?;
         }
         Ok(())
     }
 
     /// Journals (when `journal`) and folds one diff batch, then queues it.
-    async fn emit_diff(
-        &mut self,
-        index: usize,
-        seq: u64,
-        deltas: Vec<RowDelta>,
-        journal: bool,
-    ) -> Result<()> {
+    async fn emit_diff(&mut self, index: usize, entry: JournalEntry, journal: bool) -> Result<()> {
         let here = self.here.clone();
         let Kind::Diff(state) = &mut self.tables[index].kind else {
             return Ok(());
         };
-        let entry = JournalEntry { seq, deltas };
-        if journal {
-            state.append(&entry, &here).await?;
-        }
-        for d in &entry.deltas {
-            fold(&mut state.snapshot, d);
-        }
-        state.seq = seq;
+        state.apply(&entry, journal, &here).await?;
         self.push(index, &entry.deltas)
     }
 

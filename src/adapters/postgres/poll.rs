@@ -28,8 +28,8 @@ use sqlx::postgres::{PgConnection, PgRow};
 use super::source::{PostgresSourceOptions, PostgresStrategy, PostgresTableSpec};
 use super::types::{cast_for, parse_pg_timestamp, table_columns, text_to_json};
 use super::{connect, data_error, ident, pg_error, qualified};
-use crate::adapters::diff_state::{DiffState, JournalEntry, fold};
-use crate::kernel::delta::{ColumnDelta, DeltaOp, ExtractContext, RowDelta, extract_delta};
+use crate::adapters::diff_state::{DiffState, JournalEntry};
+use crate::kernel::delta::{ColumnDelta, DeltaOp, RowDelta};
 use crate::kernel::delta_batch::deltas_to_batch;
 use crate::kernel::hlc::Hlc;
 use crate::kernel::schema::ColumnType;
@@ -520,64 +520,24 @@ impl Reader {
         let Kind::Diff(state) = &t.kind else {
             return Ok(());
         };
-        let names = t.schema.column_names();
-        let mut seen = HashSet::with_capacity(rows.len());
-        let mut deltas = Vec::new();
+        let mut images = Vec::with_capacity(rows.len());
         for row in &rows {
             let (row_id, _, columns) = self.row_values(i, row)?;
-            let after: Map<String, Value> =
-                columns.into_iter().map(|c| (c.column, c.value)).collect();
-            deltas.extend(extract_delta(
-                state.snapshot.get(&row_id),
-                Some(&after),
-                ExtractContext {
-                    table: t.schema.delta_table(),
-                    row_id: &row_id,
-                    client_id: &self.client_id,
-                    hlc: self.hlc.now(),
-                    columns: Some(&names),
-                },
-            ));
-            if !seen.insert(row_id.clone()) {
-                return Err(data_error(
-                    &self.here,
-                    format!(
-                        "table {:?}: two rows have id {row_id:?}; a diffed table's id must be unique",
-                        t.schema.table
-                    ),
-                ));
-            }
-        }
-        let mut vanished: Vec<&String> = state
-            .snapshot
-            .keys()
-            .filter(|k| !seen.contains(*k))
-            .collect();
-        vanished.sort();
-        for row_id in vanished {
-            deltas.extend(extract_delta(
-                state.snapshot.get(row_id),
-                None,
-                ExtractContext {
-                    table: t.schema.delta_table(),
-                    row_id,
-                    client_id: &self.client_id,
-                    hlc: self.hlc.now(),
-                    columns: Some(&names),
-                },
+            images.push((
+                row_id,
+                columns.into_iter().map(|c| (c.column, c.value)).collect(),
             ));
         }
-        let mut seq = state.seq;
-        let entries: Vec<JournalEntry> = deltas
-            .chunks(self.batch_size)
-            .map(|chunk| {
-                seq += 1;
-                JournalEntry {
-                    seq,
-                    deltas: chunk.to_vec(),
-                }
-            })
-            .collect();
+        let entries = state
+            .diff(
+                images,
+                t.schema.delta_table(),
+                &self.client_id,
+                &self.hlc,
+                &t.schema.column_names(),
+                self.batch_size,
+            )
+            .map_err(|e| data_error(&self.here, format!("table {:?}: {e}", t.schema.table)))?;
         for entry in entries {
             self.emit_diff(i, entry, true).await?;
         }
@@ -589,13 +549,7 @@ impl Reader {
         let Kind::Diff(state) = &mut self.tables[i].kind else {
             return Ok(());
         };
-        if journal {
-            state.append(&entry, &here).await?;
-        }
-        for d in &entry.deltas {
-            fold(&mut state.snapshot, d);
-        }
-        state.seq = entry.seq;
+        state.apply(&entry, journal, &here).await?;
         self.queue(i, &entry.deltas)
     }
 }
