@@ -3,7 +3,7 @@
 #
 #   eval "$(bash scripts/python-tools.sh)"   # create or reuse the venv, print `export` lines
 #
-# Installs pyiceberg (SQL catalog on SQLite, with PyArrow, whose pyarrow.flight the gateway's
+# Installs pyiceberg (SQL catalog on SQLite, with PyArrow and pyiceberg-core for partitioned appends, whose pyarrow.flight the gateway's
 # Flight interop and benchmark use), DuckDB with its iceberg/avro/httpfs extension wheels, and websockets (the gateway's WebSocket interop) with
 # pip into the venv ${LAKESYNC_TOOLS_DIR:-$HOME/.cache/lakesync-tools}/py. A venv that already
 # holds exactly these pins (recorded in a stamp file after a successful install) and imports them
@@ -18,7 +18,7 @@ VENV="$TOOLS_DIR/py"
 STAMP="$VENV/.lakesync-requirements"
 # DuckDB's extensions come as PyPI wheels pinned to its version (loaded from their files, so no
 # extension repository is contacted): iceberg + avro + httpfs read the lake through a REST catalogue.
-REQUIREMENTS=("pyiceberg[sql-sqlite,pyarrow]==0.12.*" "duckdb==1.5.5" "duckdb-extension-iceberg==1.5.5"
+REQUIREMENTS=("pyiceberg[sql-sqlite,pyarrow,pyiceberg-core]==0.12.*" "duckdb==1.5.5" "duckdb-extension-iceberg==1.5.5"
   "duckdb-extension-avro==1.5.5" "duckdb-extension-httpfs==1.5.5" "websockets==17.4")
 IMPORTS="import pyiceberg, pyiceberg.catalog.sql, pyiceberg.catalog.rest, pyarrow, pyarrow.flight, sqlalchemy, duckdb, duckdb_extension_iceberg, duckdb_extension_avro, duckdb_extension_httpfs, websockets, websockets.sync.client"
 
