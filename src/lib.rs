@@ -15,6 +15,7 @@ pub mod build;
 pub mod client;
 pub mod config;
 pub mod demo;
+pub mod fault;
 pub mod gateway;
 pub mod ops;
 pub mod query;

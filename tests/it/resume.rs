@@ -151,3 +151,176 @@ async fn sigkill_mid_run_then_restart_holds_every_delta_exactly_once() {
         );
     }
 }
+
+/// The same run into the embedded Iceberg lake (SQL catalogue in `dir/lake`).
+fn iceberg_pipeline(dir: &Path) -> std::path::PathBuf {
+    let yaml = r#"version: 1
+name: resume_lake
+flush:
+  max_rows: 2000
+  max_age: 60s
+tables:
+  - table: tasks
+    columns:
+      - {name: title, type: string}
+      - {name: n, type: integer}
+sources:
+  input:
+    type: jsonl
+    path: input.jsonl
+    table: tasks
+sinks:
+  lake:
+    type: iceberg
+    input: input
+    catalog:
+      type: sql
+      uri: lake/catalog.sqlite
+      warehouse: lake/warehouse
+"#;
+    let path = dir.join("resume-lake.yaml");
+    std::fs::write(&path, yaml).expect("pipeline file");
+    path
+}
+
+/// Every Parquet file under `dir`, recursively.
+fn parquet_under(dir: &Path) -> std::collections::BTreeSet<String> {
+    let mut out = std::collections::BTreeSet::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(next) = stack.pop() {
+        for entry in std::fs::read_dir(&next).into_iter().flatten().flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                stack.push(path);
+            } else if path.extension().is_some_and(|x| x == "parquet") {
+                out.insert(path.display().to_string());
+            }
+        }
+    }
+    out
+}
+
+/// (deltas, distinct deltaIds, snapshots, epochs named by the snapshots in order, data files
+/// referenced by the current snapshot) of the lake's `tasks` table.
+async fn lake_figures(
+    config: &lakesync::adapters::iceberg::IcebergCatalogConfig,
+) -> (
+    i64,
+    i64,
+    usize,
+    Vec<String>,
+    std::collections::BTreeSet<String>,
+) {
+    use arrow::array::AsArray;
+    use arrow::datatypes::Int64Type;
+    let batches = lakesync::query::query(
+        config,
+        "SELECT count(*) AS n, count(DISTINCT _delta_id) AS d FROM tasks",
+    )
+    .await
+    .expect("count the lake");
+    let n = batches[0].column(0).as_primitive::<Int64Type>().value(0);
+    let d = batches[0].column(1).as_primitive::<Int64Type>().value(0);
+    let catalog = lakesync::adapters::iceberg::connect(config)
+        .await
+        .expect("catalogue");
+    let ident = iceberg::TableIdent::from_strs(["lakesync", "tasks"]).expect("ident");
+    let table = catalog.load_table(&ident).await.expect("load tasks");
+    let metadata = table.metadata();
+    let mut snapshots: Vec<_> = metadata.snapshots().collect();
+    snapshots.sort_by_key(|s| s.sequence_number());
+    let epochs = snapshots
+        .iter()
+        .map(|s| {
+            s.summary()
+                .additional_properties
+                .get(lakesync::adapters::iceberg::sink::EPOCH_PROPERTY)
+                .cloned()
+                .unwrap_or_default()
+        })
+        .collect();
+    let mut files = std::collections::BTreeSet::new();
+    let scan = table.scan().build().expect("scan");
+    let mut tasks = scan.plan_files().await.expect("plan files");
+    while let Some(task) = futures::StreamExt::next(&mut tasks).await {
+        let task = task.expect("file task");
+        files.insert(
+            task.data_file_path
+                .trim_start_matches("file://")
+                .to_string(),
+        );
+    }
+    (n, d, snapshots.len(), epochs, files)
+}
+
+#[tokio::test]
+async fn sigkill_mid_iceberg_commit_leaves_no_partial_snapshot_and_restart_completes() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    write_input(&dir.path().join("input.jsonl"));
+    let file = iceberg_pipeline(dir.path());
+    let marker = dir.path().join("paused");
+    let run = |pause: bool| {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_lakesync"));
+        cmd.args(["run", "--once"])
+            .arg(&file)
+            .current_dir(dir.path())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        if pause {
+            // Stop in the third epoch's commit: data files, manifest and manifest list written,
+            // the catalogue's metadata swap not yet asked for.
+            cmd.env(lakesync::fault::PAUSE_AT, "iceberg.sink.before-swap#3")
+                .env(lakesync::fault::PAUSE_MARKER, &marker);
+        }
+        cmd
+    };
+
+    let mut child = run(true).spawn().expect("start lakesync run");
+    let started = Instant::now();
+    while !marker.exists() {
+        assert!(
+            started.elapsed() < Duration::from_secs(120),
+            "the run never reached the third commit"
+        );
+        if let Some(status) = child.try_wait().expect("poll child") {
+            panic!("run ended ({status}) before reaching the pause point");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child.kill().expect("SIGKILL");
+    child.wait().expect("reap");
+
+    // No partial snapshot: exactly the two committed epochs are visible, each once, and the
+    // killed commit's data files exist but are referenced by nothing.
+    let config = lakesync::adapters::iceberg::IcebergCatalogConfig::sql(
+        dir.path().join("lake/catalog.sqlite"),
+        dir.path().join("lake/warehouse"),
+    );
+    let (n, d, snapshots, epochs, referenced) = lake_figures(&config).await;
+    assert_eq!(n, d, "no delta twice");
+    assert!(n > 0 && n < LINES as i64, "two epochs' deltas, not all: {n}");
+    assert_eq!(snapshots, 2);
+    assert_eq!(epochs, ["1", "2"]);
+    let on_disk = parquet_under(&dir.path().join("lake/warehouse"));
+    let orphans: Vec<_> = on_disk.difference(&referenced).collect();
+    assert!(
+        !orphans.is_empty(),
+        "the killed commit had written its data files ({on_disk:?} vs {referenced:?})"
+    );
+
+    // A restart completes the work: every delta exactly once, every epoch committed once.
+    let output = run(false).output().expect("rerun");
+    assert!(
+        output.status.success(),
+        "rerun failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let (n, d, _, epochs, _) = lake_figures(&config).await;
+    assert_eq!((n, d), (LINES as i64, LINES as i64));
+    let distinct: std::collections::BTreeSet<_> = epochs.iter().collect();
+    assert_eq!(
+        distinct.len(),
+        epochs.len(),
+        "no epoch committed twice: {epochs:?}"
+    );
+}

@@ -756,6 +756,7 @@ impl Catalog for EpochGuard {
     }
 
     async fn update_table(&self, commit: TableCommit) -> iceberg::Result<Table> {
+        crate::fault::pause_point("iceberg.sink.before-swap").await;
         self.inner.update_table(commit).await
     }
 }
