@@ -619,6 +619,11 @@ pub struct GatewaySourceSpec {
     /// Limits (defaults are the original's).
     #[serde(default)]
     pub limits: GatewayLimitsSpec,
+    /// The name of an `iceberg` sink of this pipeline whose lake checkpoints (made by
+    /// `lakesync lake checkpoint`) the gateway serves for initial sync, filtered per client,
+    /// together with the rows it holds itself (see docs/lakehouse.md).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lake_checkpoints: Option<String>,
 }
 
 /// Where the gateway listens. `port 0` picks a free port (printed at start).

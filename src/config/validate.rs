@@ -481,6 +481,15 @@ impl<'s> Validator<'s> {
             self.error(format!("{at}.tables"), "a gateway needs at least one table")
                 .hint = Some("declare tables under `tables:`".to_string());
         }
+        if let Some(sink) = &spec.lake_checkpoints
+            && !matches!(self.spec.sinks.get(sink), Some(SinkSpec::Iceberg(_)))
+        {
+            self.error(
+                format!("{at}.lake_checkpoints"),
+                format!("{sink:?} is not an iceberg sink of this pipeline"),
+            )
+            .hint = Some("name one of the pipeline's `type: iceberg` sinks".to_string());
+        }
         for (key, addr) in [("flight", &spec.listen.flight), ("http", &spec.listen.http)] {
             if addr.parse::<std::net::SocketAddr>().is_err() {
                 self.error(

@@ -28,6 +28,7 @@ use arrow::array::{Array, AsArray, BooleanArray, RecordBatch, UInt64Array};
 use arrow::compute::filter_record_batch;
 use tokio::sync::{Mutex, broadcast, mpsc, oneshot, watch};
 
+use crate::adapters::iceberg::checkpoint;
 use crate::gateway::log::LogStore;
 use crate::gateway::push::{CheckedBatch, PushContext, Rejection, check_batch};
 use crate::gateway::record::{Record, RecordRef, snapshot_batch};
@@ -102,6 +103,27 @@ pub struct GatewayOptions {
     pub sync_rules: SyncRules,
     /// Limits.
     pub limits: Limits,
+    /// A lake whose checkpoints the gateway serves with its own rows (none: its own rows only).
+    pub lake: Option<LakeCheckpoints>,
+}
+
+/// A lake whose tables' checkpoints ([`crate::adapters::iceberg::checkpoint`]) a gateway serves
+/// for initial sync: rows the lake holds that the gateway may never have seen (a backfill, or
+/// history from before the gateway), filtered per client like the gateway's own rows.
+#[derive(Clone)]
+pub struct LakeCheckpoints {
+    /// The lake's catalogue.
+    pub catalog: Arc<dyn iceberg::Catalog>,
+    /// The namespace of the gateway's tables in the lake.
+    pub namespace: String,
+}
+
+impl std::fmt::Debug for LakeCheckpoints {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LakeCheckpoints")
+            .field("namespace", &self.namespace)
+            .finish_non_exhaustive()
+    }
 }
 
 /// What one push did.
@@ -188,6 +210,7 @@ struct Inner {
     reload: watch::Sender<u64>,
     unflushed_bytes: AtomicU64,
     flush_requests: std::sync::Mutex<Option<mpsc::Sender<FlushRequest>>>,
+    lake: Option<LakeCheckpoints>,
 }
 
 /// What pushes change, behind the push lock.
@@ -336,6 +359,7 @@ impl Gateway {
                 reload: watch::channel(0).0,
                 unflushed_bytes: AtomicU64::new(unflushed),
                 flush_requests: std::sync::Mutex::new(None),
+                lake: options.lake,
             }),
         })
     }
@@ -611,16 +635,21 @@ impl Gateway {
 
     /// Every row the client of `filter` may see now, as INSERT snapshots in batches of at most
     /// `batch_rows` rows, and the cursor to pull from afterwards.
+    ///
+    /// With a lake configured ([`GatewayOptions::lake`]), the rows of each table's lake
+    /// checkpoint that the client may see come first, then the gateway's own rows: a row both
+    /// hold arrives twice, and the client's LWW merge keeps the newer columns of either.
     pub async fn checkpoint(
         &self,
         filter: &ClientFilter,
         tables: Option<&[String]>,
         batch_rows: usize,
     ) -> Result<CheckpointSnapshot> {
+        let lake_batches = self.lake_checkpoint(filter, tables).await?;
         let mut ledger = self.inner.ledger.lock().await;
         let mut out = CheckpointSnapshot {
             cursor: ledger.last_seq,
-            batches: Vec::new(),
+            batches: lake_batches,
         };
         let mut names: Vec<String> = ledger.stores.keys().cloned().collect();
         names.sort();
@@ -663,6 +692,58 @@ impl Gateway {
                 )?);
                 offset += len;
             }
+        }
+        Ok(out)
+    }
+
+    /// The lake checkpoint rows of the gateway's tables that the client of `filter` may see
+    /// (none without a lake, or for tables without a lake checkpoint).
+    async fn lake_checkpoint(
+        &self,
+        filter: &ClientFilter,
+        tables: Option<&[String]>,
+    ) -> Result<Vec<RecordBatch>> {
+        let Some(lake) = &self.inner.lake else {
+            return Ok(Vec::new());
+        };
+        let tables_now: Vec<TableRef> = read(&self.inner.view).tables.values().cloned().collect();
+        let mut out = Vec::new();
+        for table in tables_now {
+            let name = table.table.clone();
+            if tables.is_some_and(|t| !t.contains(&name)) || !filter.sees_table(&name) {
+                continue;
+            }
+            let ident = iceberg::TableIdent::new(
+                iceberg::NamespaceIdent::new(lake.namespace.clone()),
+                name.clone(),
+            );
+            let exists = lake
+                .catalog
+                .table_exists(&ident)
+                .await
+                .map_err(|e| Error::External {
+                    system: "iceberg",
+                    message: format!("looking for lake table {ident}: {e}"),
+                    retryable: e.retryable(),
+                    source: Some(Box::new(e)),
+                })?;
+            if !exists {
+                continue;
+            }
+            let Some(checkpoint) = checkpoint::open(&lake.catalog, &ident).await? else {
+                continue;
+            };
+            let served = checkpoint::stream_filtered(
+                &checkpoint,
+                |batch| filter.matches(&name, batch),
+                // In the gateway's schema of the table (the lake's may lag behind it).
+                |batch| {
+                    out.push(crate::gateway::push::conform(&table, &batch)?);
+                    Ok(())
+                },
+            )
+            .await?;
+            tracing::debug!(table = %name, rows = served, of = checkpoint.manifest.rows, "lake checkpoint rows served");
         }
         Ok(out)
     }
@@ -1032,6 +1113,7 @@ mod tests {
             tables: vec![table()],
             sync_rules: rules,
             limits,
+            lake: None,
         })
         .await
         .unwrap()

@@ -10,8 +10,8 @@ pub mod rate_limit;
 pub mod record;
 
 pub use self::core::{
-    CheckpointSnapshot, FlushRequest, Gateway, GatewayOptions, GatewayStats, Limits, PullPage,
-    PushOutcome,
+    CheckpointSnapshot, FlushRequest, Gateway, GatewayOptions, GatewayStats, LakeCheckpoints,
+    Limits, PullPage, PushOutcome,
 };
 pub mod serve;
 pub mod source;

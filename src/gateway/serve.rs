@@ -18,9 +18,10 @@ use tokio::sync::watch;
 
 use crate::build::build_with;
 use crate::config::plan::Plan;
-use crate::config::spec::{GatewaySourceSpec, SourceSpec};
+use crate::config::spec::{GatewaySourceSpec, SinkSpec, SourceSpec};
 use crate::gateway::actions::ActionDispatcher;
 use crate::gateway::auth::Authenticator;
+use crate::gateway::core::LakeCheckpoints;
 use crate::gateway::metrics::GatewayMetrics;
 use crate::gateway::rate_limit::RateLimiter;
 use crate::gateway::{Gateway, GatewayOptions, Limits};
@@ -70,14 +71,34 @@ pub async fn open_gateway(plan: &Plan, name: &str, spec: &GatewaySourceSpec) -> 
         Some(value) => SyncRules::from_value(value)?,
         None => SyncRules::default(),
     };
+    let lake = match &spec.lake_checkpoints {
+        Some(sink) => Some(lake_checkpoints(plan, sink).await?),
+        None => None,
+    };
     Gateway::open(GatewayOptions {
         id: spec.id.clone(),
         data_dir,
         tables,
         sync_rules,
         limits: limits_of(spec),
+        lake,
     })
     .await
+}
+
+/// The lake of the pipeline's Iceberg sink `sink`, for serving its checkpoints.
+async fn lake_checkpoints(plan: &Plan, sink: &str) -> Result<LakeCheckpoints> {
+    let Some(SinkSpec::Iceberg(iceberg)) = plan.sinks.get(sink) else {
+        return Err(Error::invalid(
+            "gateway lake_checkpoints",
+            format!("{sink:?} is not an iceberg sink of this pipeline"),
+        ));
+    };
+    let config = crate::build::catalog_config(plan, &iceberg.catalog)?;
+    Ok(LakeCheckpoints {
+        catalog: crate::adapters::iceberg::connect(&config).await?,
+        namespace: iceberg.namespace.clone(),
+    })
 }
 
 /// The transports' shared context for `gateway`.

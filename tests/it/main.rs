@@ -9,6 +9,7 @@ mod config;
 mod gateway;
 mod golden;
 mod iceberg;
+mod lake_checkpoint;
 mod lakehouse;
 mod migrate;
 mod mysql;

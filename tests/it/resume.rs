@@ -298,7 +298,10 @@ async fn sigkill_mid_iceberg_commit_leaves_no_partial_snapshot_and_restart_compl
     );
     let (n, d, snapshots, epochs, referenced) = lake_figures(&config).await;
     assert_eq!(n, d, "no delta twice");
-    assert!(n > 0 && n < LINES as i64, "two epochs' deltas, not all: {n}");
+    assert!(
+        n > 0 && n < LINES as i64,
+        "two epochs' deltas, not all: {n}"
+    );
     assert_eq!(snapshots, 2);
     assert_eq!(epochs, ["1", "2"]);
     let on_disk = parquet_under(&dir.path().join("lake/warehouse"));

@@ -13,6 +13,7 @@
 //! [`crate::query`] reads the same tables with DataFusion.
 
 pub mod catalog;
+pub mod checkpoint;
 pub mod mapping;
 pub mod sink;
 pub mod storage;

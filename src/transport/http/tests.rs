@@ -78,6 +78,7 @@ async fn start(options: Options) -> Server {
         tables: vec![todos()],
         sync_rules: options.rules,
         limits: options.limits,
+        lake: None,
     })
     .await
     .unwrap();
