@@ -74,6 +74,22 @@ enum Command {
         /// The warehouse directory (default: lake/warehouse).
         #[arg(long)]
         warehouse: Option<PathBuf>,
+        /// Time travel: tables are their rows (LWW state) once every delta up to this moment
+        /// (an HLC, or an RFC 3339 time) was merged.
+        #[arg(long, value_name = "HLC|TIME", conflicts_with_all = ["snapshot", "changes_from", "state"])]
+        as_of: Option<String>,
+        /// Time travel: tables are their rows (LWW state) in this Iceberg snapshot.
+        #[arg(long, value_name = "ID", conflicts_with_all = ["changes_from", "state"])]
+        snapshot: Option<i64>,
+        /// Tables are their deltas after this moment (an HLC or an RFC 3339 time), oldest first.
+        #[arg(long, value_name = "HLC|TIME", conflicts_with = "state")]
+        changes_from: Option<String>,
+        /// With --changes-from: up to and including this moment (default: now).
+        #[arg(long, value_name = "HLC|TIME", requires = "changes_from")]
+        changes_to: Option<String>,
+        /// Tables are their current rows (LWW state) rather than their raw deltas.
+        #[arg(long)]
+        state: bool,
     },
     /// Print the JSON Schema of pipeline files (for editors).
     Schema,
@@ -200,7 +216,31 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             pipeline,
             catalog,
             warehouse,
+            as_of,
+            snapshot,
+            changes_from,
+            changes_to,
+            state,
         } => {
+            use lakesync::query::{LakeView, parse_moment};
+            let view = if let Some(moment) = as_of {
+                Some(LakeView::AsOfHlc(parse_moment(&moment)?))
+            } else if let Some(id) = snapshot {
+                Some(LakeView::AsOfSnapshot(id))
+            } else if let Some(from) = changes_from {
+                let to = match changes_to {
+                    Some(to) => parse_moment(&to)?,
+                    None => u64::MAX >> 1,
+                };
+                Some(LakeView::Changes {
+                    from: parse_moment(&from)?,
+                    to,
+                })
+            } else if state {
+                Some(LakeView::Latest)
+            } else {
+                None
+            };
             let (config, namespace) = match pipeline {
                 Some(file) => lake_of(&file)?,
                 None => (
@@ -211,8 +251,18 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
                     lakesync::adapters::iceberg::DEFAULT_NAMESPACE.to_string(),
                 ),
             };
-            let batches =
-                runtime()?.block_on(lakesync::query::query_in(&config, &namespace, &sql))?;
+            let batches = match view {
+                Some(view) => runtime()?.block_on(lakesync::query::query_view(
+                    &config,
+                    &namespace,
+                    view,
+                    &Default::default(),
+                    &sql,
+                ))?,
+                None => {
+                    runtime()?.block_on(lakesync::query::query_in(&config, &namespace, &sql))?
+                }
+            };
             println!("{}", lakesync::query::format_batches(&batches));
         }
         Command::Schema => {

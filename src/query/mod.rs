@@ -26,8 +26,16 @@ use iceberg_datafusion::IcebergCatalogProvider;
 use crate::adapters::iceberg::{DEFAULT_NAMESPACE, IcebergCatalogConfig, connect};
 use crate::{Error, Result};
 
+pub mod time_travel;
+
+pub use time_travel::{HotTier, LakeView, parse_moment};
+
 /// The DataFusion catalogue name the lake is registered under.
 pub const LAKE_CATALOG: &str = "lake";
+
+/// The DataFusion catalogue name time-travel views are registered under (the default catalogue
+/// of a [`view_session`]).
+pub const VIEW_CATALOG: &str = "view";
 
 /// A DataFusion session with the lake registered as [`LAKE_CATALOG`] (and as the default
 /// catalogue, with [`DEFAULT_NAMESPACE`] as the default schema).
@@ -53,6 +61,48 @@ pub async fn session_in(catalog: &IcebergCatalogConfig, namespace: &str) -> Resu
     let ctx = SessionContext::new_with_config(config);
     ctx.register_catalog(LAKE_CATALOG, Arc::new(provider));
     Ok(ctx)
+}
+
+/// A session for `sql` in which the tables it names (unqualified, or `<namespace>.<table>`)
+/// are the `view` of the lake's tables, with `hot` deltas added (see [`time_travel`]); the raw
+/// delta tables stay readable as `lake.<namespace>.<table>`.
+pub async fn view_session(
+    catalog: &IcebergCatalogConfig,
+    namespace: &str,
+    view: LakeView,
+    hot: &HotTier,
+    sql: &str,
+) -> Result<SessionContext> {
+    let catalog = connect(catalog).await?;
+    let provider = IcebergCatalogProvider::try_new(catalog.clone())
+        .await
+        .map_err(|e| Error::External {
+            system: "iceberg",
+            message: format!("listing the lake's tables for DataFusion: {e}"),
+            retryable: e.retryable(),
+            source: Some(Box::new(e)),
+        })?;
+    let config = SessionConfig::new()
+        .with_default_catalog_and_schema(VIEW_CATALOG, namespace)
+        .with_create_default_catalog_and_schema(true)
+        .with_information_schema(true);
+    let ctx = SessionContext::new_with_config(config);
+    ctx.register_catalog(LAKE_CATALOG, Arc::new(provider));
+    time_travel::register(&ctx, &catalog, namespace, view, hot, sql).await?;
+    Ok(ctx)
+}
+
+/// Runs `sql` over the `view` of the lake's tables (see [`view_session`]).
+pub async fn query_view(
+    catalog: &IcebergCatalogConfig,
+    namespace: &str,
+    view: LakeView,
+    hot: &HotTier,
+    sql: &str,
+) -> Result<Vec<RecordBatch>> {
+    let ctx = view_session(catalog, namespace, view, hot, sql).await?;
+    let frame = ctx.sql(sql).await.map_err(query_error)?;
+    frame.collect().await.map_err(query_error)
 }
 
 /// Runs `sql` over the lake `catalog` describes and returns the result batches.

@@ -18,3 +18,4 @@ mod resume;
 mod services;
 mod sqlite;
 mod support;
+mod time_travel;
