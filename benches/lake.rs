@@ -9,6 +9,12 @@
 //!    snapshot per chunk of the same size. Rows/s and MB/s (of the Arrow data) for both, and the
 //!    ratio.
 //!
+//! 2. **Checkpoints** of a table of N live rows (N inserts, written as above): generating the
+//!    lake checkpoint (read the snapshot, merge, cut 16 MiB chunks, write them to S3), then
+//!    serving it through a gateway with the lake configured, as the checkpoint routes do (read
+//!    the chunks, filter by the client's sync rules, encode the protocol frames) — for a client
+//!    that sees every row and for one that sees one team's rows.
+//!
 //! Run with `bash scripts/bench-lake.sh` (which builds this in release and starts the services),
 //! or `cargo bench --bench lake` with the services' environment exported.
 //! `LAKESYNC_BENCH_ROWS` (default 1,000,000) sets N; `LAKESYNC_PYTHON` must be a Python with
@@ -24,13 +30,19 @@ use std::time::Instant;
 use arrow::array::RecordBatch;
 use arrow::ipc::writer::FileWriter;
 use iceberg::{Catalog, NamespaceIdent, TableIdent};
+use lakesync::adapters::iceberg::checkpoint::{self, DEFAULT_CHUNK_BYTES};
 use lakesync::adapters::iceberg::mapping::{arrow_schema, to_iceberg_batch};
 use lakesync::adapters::iceberg::{IcebergCatalogConfig, IcebergSink, S3Config, connect};
+use lakesync::gateway::{Gateway, GatewayOptions, LakeCheckpoints, Limits};
+use lakesync::kernel::delta_batch::batch_to_deltas;
 use lakesync::kernel::delta_batch::deltas_to_batch;
+use lakesync::kernel::rules::{Claims, SyncRules};
 use lakesync::runtime::api::{Sink, TableRef};
 use lakesync::synth::{Workload, tasks_schema};
+use lakesync::transport::http::checkpoint::{MAX_FRAME_BYTES, encode_frames};
 
 const NAMESPACE: &str = "bench_lake";
+const CHECKPOINT_NAMESPACE: &str = "bench_lake_checkpoint";
 const PIPELINE: &str = "bench";
 const BATCH_ROWS: usize = 8_192;
 
@@ -66,9 +78,9 @@ fn catalog_config() -> IcebergCatalogConfig {
     }
 }
 
-/// Drops every table of the benchmark's namespace, and the namespace (a fresh start each run).
-async fn reset(catalog: &Arc<dyn Catalog>) {
-    let ns = NamespaceIdent::new(NAMESPACE.into());
+/// Drops every table of `namespace`, and the namespace (a fresh start each run).
+async fn reset(catalog: &Arc<dyn Catalog>, namespace: &str) {
+    let ns = NamespaceIdent::new(namespace.into());
     if catalog.namespace_exists(&ns).await.unwrap_or(false) {
         for table in catalog.list_tables(&ns).await.unwrap_or_default() {
             catalog.drop_table(&table).await.ok();
@@ -120,7 +132,18 @@ async fn lakesync_write(
     batches: &[RecordBatch],
     epoch_rows: usize,
 ) -> WriteFigures {
-    let mut sink = IcebergSink::connect(config, NAMESPACE, PIPELINE, "lake")
+    lakesync_write_to(config, NAMESPACE, table, batches, epoch_rows).await
+}
+
+/// [`lakesync_write`] into `namespace`.
+async fn lakesync_write_to(
+    config: &IcebergCatalogConfig,
+    namespace: &str,
+    table: &TableRef,
+    batches: &[RecordBatch],
+    epoch_rows: usize,
+) -> WriteFigures {
+    let mut sink = IcebergSink::connect(config, namespace, PIPELINE, "lake")
         .await
         .expect("iceberg sink");
     sink.prepare(std::slice::from_ref(table))
@@ -200,6 +223,83 @@ fn pyiceberg_append(input: &Path, epoch_rows: usize) -> WriteFigures {
     }
 }
 
+/// Generates and serves the checkpoint of a table of `rows` live rows.
+async fn checkpoints(
+    config: &IcebergCatalogConfig,
+    catalog: &Arc<dyn Catalog>,
+    rows: usize,
+    epoch_rows: usize,
+) {
+    let table: TableRef = Arc::new(tasks_schema());
+    let mut generator = Workload::new(rows, 12, 7);
+    let inserts = generator.deltas(rows, now_ms().saturating_sub(86_400_000));
+    let batches: Vec<RecordBatch> = inserts
+        .chunks(BATCH_ROWS)
+        .map(|chunk| deltas_to_batch(&table, chunk).expect("delta batch"))
+        .collect();
+    drop(inserts);
+    lakesync_write_to(config, CHECKPOINT_NAMESPACE, &table, &batches, epoch_rows).await;
+    drop(batches);
+    let ident = TableIdent::from_strs([CHECKPOINT_NAMESPACE, "tasks"]).unwrap();
+
+    let started = Instant::now();
+    let manifest = checkpoint::generate(catalog, &ident, DEFAULT_CHUNK_BYTES)
+        .await
+        .expect("generate the checkpoint");
+    let generated = started.elapsed().as_secs_f64();
+    let chunk_bytes: u64 = manifest.chunks.iter().map(|c| c.file_bytes).sum();
+    assert_eq!(manifest.rows as usize, rows, "every row is live");
+    println!(
+        "checkpoint generate: {rows} rows in {generated:.2} s ({:.0} rows/s), {} chunks, {:.1} MB of Parquet on S3",
+        rows as f64 / generated,
+        manifest.chunks.len(),
+        chunk_bytes as f64 / 1e6
+    );
+
+    let dir = tempfile::tempdir().expect("gateway directory");
+    let rules = SyncRules::from_json(
+        r#"{"version":1,"buckets":[{"name":"team","tables":["tasks"],
+            "filters":[{"column":"team","op":"eq","value":"jwt:team"}]}]}"#,
+    )
+    .expect("rules");
+    let gateway = Gateway::open(GatewayOptions {
+        id: "bench".into(),
+        data_dir: dir.path().to_path_buf(),
+        tables: vec![tasks_schema()],
+        sync_rules: rules,
+        limits: Limits::default(),
+        lake: Some(LakeCheckpoints {
+            catalog: catalog.clone(),
+            namespace: CHECKPOINT_NAMESPACE.into(),
+        }),
+    })
+    .await
+    .expect("gateway");
+    let everyone = lakesync::kernel::rules::ClientFilter::unfiltered();
+    let one_team = gateway.client_filter(&Claims::new().with("team", ["payments"]));
+    for (who, filter) in [("every row", everyone), ("one team", one_team)] {
+        let started = Instant::now();
+        let snapshot = gateway
+            .checkpoint(&filter, None, 10_000)
+            .await
+            .expect("checkpoint");
+        let (mut served, mut bytes) = (0usize, 0usize);
+        for batch in &snapshot.batches {
+            let deltas = batch_to_deltas(batch).expect("deltas");
+            served += deltas.len();
+            bytes += encode_frames(&deltas, snapshot.cursor, MAX_FRAME_BYTES)
+                .expect("frames")
+                .len();
+        }
+        let seconds = started.elapsed().as_secs_f64();
+        println!(
+            "checkpoint serve ({who}): {served} of {rows} rows in {seconds:.2} s ({:.0} rows/s scanned, {:.1} MB of frames)",
+            rows as f64 / seconds,
+            bytes as f64 / 1e6
+        );
+    }
+}
+
 fn main() {
     let deltas = env_usize("LAKESYNC_BENCH_ROWS", 1_000_000);
     let epoch_rows = env_usize("LAKESYNC_BENCH_EPOCH", 100_000);
@@ -208,7 +308,8 @@ fn main() {
     let work = tempfile::tempdir().expect("temporary directory");
     runtime.block_on(async {
         let catalog = connect(&config).await.expect("connect to the catalogue");
-        reset(&catalog).await;
+        reset(&catalog, NAMESPACE).await;
+        reset(&catalog, CHECKPOINT_NAMESPACE).await;
         let (table, batches) = workload(deltas);
         println!(
             "lake benchmark: {deltas} deltas over {} rows of `tasks`, epochs of {epoch_rows} rows, \
@@ -242,5 +343,8 @@ fn main() {
             "write  ratio lakesync / pyiceberg: {:.2}x",
             ours.rows_per_s() / peer.rows_per_s()
         );
+
+        // 2. Checkpoints of N live rows.
+        checkpoints(&config, &catalog, deltas, epoch_rows).await;
     });
 }

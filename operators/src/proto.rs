@@ -29,6 +29,14 @@ impl From<DeltaOp> for v1::DeltaOp {
     }
 }
 
+/// The bytes `msg` adds to a `SyncResponse` (or any message) as an element of its repeated
+/// `deltas` field: tag, length prefix and body. Summing these over a frame's deltas gives its
+/// size without re-encoding the frame.
+pub fn repeated_entry_len(msg: &v1::RowDelta) -> usize {
+    let len = msg.encoded_len();
+    1 + prost::encoding::encoded_len_varint(len as u64) + len
+}
+
 /// The wire message for a delta.
 pub fn to_proto(delta: &RowDelta) -> v1::RowDelta {
     let mut text = String::new();

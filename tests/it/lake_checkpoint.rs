@@ -175,7 +175,7 @@ async fn checkpoints_hold_the_lww_state_in_bounded_chunks_and_gateways_serve_the
         third.previous_generation.as_deref(),
         Some(second.generation.as_str())
     );
-    let base = dir.path().join("wh/lakesync/_lakesync_checkpoints/tasks");
+    let base = dir.path().join("wh/lakesync/tasks/_lakesync_checkpoints");
     let present = |g: &str| base.join(g).exists();
     assert!(
         !present(&first.generation),

@@ -11,8 +11,9 @@
 //! happens when a chunk is served ([`read_chunk`] and the gateway's checkpoint routes), so one
 //! generation serves every client.
 //!
-//! **Layout.** Beside the table, never inside its location (so Iceberg's orphan-file clean-up
-//! does not see them): `<namespace location>/_lakesync_checkpoints/<table>/` holds
+//! **Layout.** Under the table's location (object stores that serve an Iceberg catalogue, like
+//! S3 table buckets, allow writes only there), in a directory of its own that the orphan-file
+//! clean-up leaves alone: `<table location>/_lakesync_checkpoints/` holds
 //! `manifest.json` ([`CheckpointManifest`]) and one directory per generation,
 //! `<snapshot id>-<uuid>/chunk-00000.parquet`, … . A generation writes all its chunks first and
 //! the manifest last (one object put, or a rename on local files), so a reader sees the old
@@ -31,14 +32,13 @@ use futures::TryStreamExt;
 use iceberg::io::FileIO;
 use iceberg::table::Table;
 use iceberg::{Catalog, TableIdent};
-use prost::Message;
 use serde::{Deserialize, Serialize};
 
 use super::mapping;
 use crate::kernel::delta::DeltaOp;
 use crate::kernel::delta_batch::batch_to_deltas;
 use crate::kernel::parquet_io::{read_parquet, write_parquet};
-use crate::kernel::proto::to_proto;
+use crate::kernel::proto::{repeated_entry_len, to_proto};
 use crate::kernel::schema::TableSchema;
 use crate::kernel::state::{DELETED, HLC};
 use crate::runtime::api::TableRef;
@@ -50,7 +50,7 @@ pub const DEFAULT_CHUNK_BYTES: usize = 16 * 1024 * 1024;
 /// The client id that checkpoint deltas carry.
 pub const CHECKPOINT_CLIENT: &str = "lakesync:checkpoint";
 
-/// The directory, beside a namespace's tables, that holds their checkpoints.
+/// The directory, under a table's location, that holds its checkpoints.
 pub const CHECKPOINT_DIR: &str = "_lakesync_checkpoints";
 
 /// The manifest format version this code writes and reads.
@@ -158,9 +158,7 @@ fn cut(deltas: &RecordBatch, budget: usize) -> Result<Vec<(usize, usize, u64)>> 
     let mut ranges = Vec::new();
     let (mut start, mut size) = (0usize, 0usize);
     for (i, delta) in rows.iter().enumerate() {
-        let len = to_proto(delta).encoded_len();
-        // A repeated field: tag, length, body.
-        let framed = 1 + prost::encoding::encoded_len_varint(len as u64) + len;
+        let framed = repeated_entry_len(&to_proto(delta));
         if i > start && size + framed > budget {
             ranges.push((start, i - start, size as u64));
             start = i;
@@ -174,11 +172,10 @@ fn cut(deltas: &RecordBatch, budget: usize) -> Result<Vec<(usize, usize, u64)>> 
     Ok(ranges)
 }
 
-/// Where `table`'s checkpoints live: `<namespace location>/_lakesync_checkpoints/<table>`.
+/// Where `table`'s checkpoints live: `<table location>/_lakesync_checkpoints`.
 pub fn checkpoint_dir(table: &Table) -> String {
     let location = table.metadata().location().trim_end_matches('/');
-    let parent = location.rsplit_once('/').map_or(location, |(p, _)| p);
-    format!("{parent}/{CHECKPOINT_DIR}/{}", table.identifier().name())
+    format!("{location}/{CHECKPOINT_DIR}")
 }
 
 fn io_error(what: String, e: iceberg::Error) -> Error {

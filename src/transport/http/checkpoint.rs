@@ -16,7 +16,7 @@ use bytes::{BufMut, Bytes, BytesMut};
 use prost::Message;
 
 use crate::kernel::delta::RowDelta;
-use crate::kernel::proto::{to_proto, v1};
+use crate::kernel::proto::{repeated_entry_len, to_proto, v1};
 use crate::{Error, Result};
 
 /// The largest encoded size of one frame's `SyncResponse`, in bytes (16 MiB).
@@ -44,19 +44,20 @@ pub fn encode_frames(
         server_hlc,
         has_more: false,
     };
+    // The frame's encoded size, kept as deltas are added (re-measuring the whole frame for each
+    // delta would make a frame of n deltas cost n² delta encodings).
+    let empty = frame.encoded_len();
+    let mut size = empty;
     for delta in deltas {
         let msg = to_proto(delta);
-        if !frame.deltas.is_empty() {
-            // The size the frame would have with this delta (field tag + length + body).
-            let mut grown = frame.encoded_len();
-            let len = msg.encoded_len();
-            grown += 1 + prost::encoding::encoded_len_varint(len as u64) + len;
-            if grown > max_frame_bytes {
-                write_frame(&mut out, &frame)?;
-                frame.deltas.clear();
-            }
+        let framed = repeated_entry_len(&msg);
+        if !frame.deltas.is_empty() && size + framed > max_frame_bytes {
+            write_frame(&mut out, &frame)?;
+            frame.deltas.clear();
+            size = empty;
         }
         frame.deltas.push(msg);
+        size += framed;
     }
     if !frame.deltas.is_empty() {
         write_frame(&mut out, &frame)?;
