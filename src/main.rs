@@ -47,11 +47,20 @@ enum Command {
     /// Pull the rows a token may see from a gateway into a local SQLite file; with `--follow`,
     /// keep it current until Ctrl-C (see docs/client.md).
     Sync(lakesync::client::cli::SyncArgs),
-    /// Move data that has aged out of tier sinks' hot side into their cold side.
+    /// Move data that has aged out of tier sinks' hot side into their cold side, exactly once.
+    ///
+    /// Every delta whose HLC is older than the tier's `max_age` leaves the hot sink (a SQLite or
+    /// Postgres delta log with `materialise: false`, or Parquet files) for the cold sink (e.g.
+    /// Iceberg), committed there as epochs of pipeline `<name>.migrate`. An interrupted run is
+    /// finished by the next one without losing or duplicating a delta. Example:
+    /// `lakesync migrate pipelines/tiered.yaml` (from cron or a timer).
     Migrate {
         /// Pipeline files.
         #[arg(required = true)]
         files: Vec<PathBuf>,
+        /// Most deltas per migration epoch (memory is bounded by this, not by the hot log).
+        #[arg(long, default_value_t = lakesync::runtime::migrate::DEFAULT_BATCH_SIZE)]
+        batch_size: usize,
     },
     /// Check pipeline files and report every problem with its YAML path.
     Validate {
@@ -189,7 +198,7 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
         Command::Sync(args) => {
             runtime()?.block_on(lakesync::client::cli::run_sync(args))?;
         }
-        Command::Migrate { files } => {
+        Command::Migrate { files, batch_size } => {
             let env = Env::process();
             let rt = runtime()?;
             let now_ms = std::time::SystemTime::now()
@@ -199,7 +208,10 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             for file in files {
                 let plan = load_plan(&file, &env)
                     .with_context(|| format!("{} is not a valid pipeline", file.display()))?;
-                for summary in rt.block_on(lakesync::runtime::migrate::migrate(&plan, now_ms))? {
+                let options = lakesync::runtime::migrate::MigrateOptions { batch_size };
+                for summary in rt.block_on(lakesync::runtime::migrate::migrate_with(
+                    &plan, now_ms, options,
+                ))? {
                     print!("{summary}");
                 }
             }

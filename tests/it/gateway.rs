@@ -23,9 +23,9 @@ use lakesync::kernel::merge::merge;
 use lakesync::kernel::schema::{ColumnDef, ColumnType, TableSchema};
 use serde_json::{Value, json};
 
-const SECRET: &str = "gateway-test-secret-0123456789";
+pub(crate) const SECRET: &str = "gateway-test-secret-0123456789";
 
-fn table() -> TableSchema {
+pub(crate) fn table() -> TableSchema {
     TableSchema::new(
         "todos",
         vec![
@@ -85,7 +85,7 @@ fn now_secs() -> u64 {
         .as_secs()
 }
 
-fn token(sub: &str, role: &str) -> String {
+pub(crate) fn token(sub: &str, role: &str) -> String {
     sign_token(
         &json!({"sub": sub, "gw": "test-gw", "role": role}),
         SECRET,
@@ -94,7 +94,7 @@ fn token(sub: &str, role: &str) -> String {
     .unwrap()
 }
 
-fn hlc(offset_ms: i64, counter: u16) -> HlcTimestamp {
+pub(crate) fn hlc(offset_ms: i64, counter: u16) -> HlcTimestamp {
     let now = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .unwrap()
@@ -102,7 +102,7 @@ fn hlc(offset_ms: i64, counter: u16) -> HlcTimestamp {
     HlcTimestamp::new((now + offset_ms) as u64, counter).unwrap()
 }
 
-fn delta(
+pub(crate) fn delta(
     op: DeltaOp,
     row: &str,
     client: &str,
@@ -116,7 +116,7 @@ fn delta(
     RowDelta::new(op, "todos", row, client, cols, at)
 }
 
-async fn push(
+pub(crate) async fn push(
     client: &mut FlightClient,
     deltas: &[RowDelta],
 ) -> Result<Value, arrow_flight::error::FlightError> {
@@ -131,7 +131,11 @@ async fn push(
 }
 
 /// Pulls everything after `cursor`, page by page; returns the deltas and the final cursor.
-async fn pull(client: &mut FlightClient, mut cursor: u64, limit: u64) -> (Vec<RowDelta>, u64) {
+pub(crate) async fn pull(
+    client: &mut FlightClient,
+    mut cursor: u64,
+    limit: u64,
+) -> (Vec<RowDelta>, u64) {
     let mut deltas = Vec::new();
     loop {
         let ticket = json!({"table": "todos", "cursor": cursor.to_string(), "limit": limit});

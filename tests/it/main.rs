@@ -7,6 +7,7 @@ mod cli;
 mod client;
 mod config;
 mod gateway;
+mod gateway_lake;
 mod golden;
 mod iceberg;
 mod lake_checkpoint;

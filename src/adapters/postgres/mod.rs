@@ -20,6 +20,7 @@
 pub mod cdc;
 pub mod copy_binary;
 pub mod dialect;
+pub mod hot;
 pub mod pgoutput;
 pub mod poll;
 pub mod sink;

@@ -137,6 +137,11 @@ impl PostgresSink {
         format!("postgres sink {:?}", self.name)
     }
 
+    /// The connection, for readers of the log it created (the hot log of a tier).
+    pub(crate) fn into_connection(self) -> PgConnection {
+        self.conn
+    }
+
     fn log_table(&self) -> Result<String> {
         qualified(&self.dialect.schema, "lakesync_deltas")
     }
@@ -493,7 +498,7 @@ async fn load_history(
 }
 
 /// A delta from a `lakesync_deltas` row (the table from the row when `table` is `None`).
-fn logged_delta(row: &PgRow, table: Option<&str>, here: &str) -> Result<RowDelta> {
+pub(crate) fn logged_delta(row: &PgRow, table: Option<&str>, here: &str) -> Result<RowDelta> {
     let bad = |msg: String| Error::invalid("delta log", format!("{here}: {msg}"));
     let get = |e: sqlx::Error| bad(e.to_string());
     let id: Vec<u8> = row.try_get("delta_id").map_err(get)?;

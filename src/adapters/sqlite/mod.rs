@@ -11,6 +11,7 @@
 //! `docs/materialise.md`.
 
 pub mod dialect;
+pub mod hot;
 pub mod sink;
 pub mod source;
 

@@ -164,6 +164,11 @@ impl SqliteSink {
         &self.path
     }
 
+    /// The connection, for readers of the log it created (the hot log of a tier).
+    pub(crate) fn into_connection(self) -> SqliteConnection {
+        self.conn
+    }
+
     fn here(&self) -> String {
         format!("sqlite sink {:?} at {}", self.name, self.path.display())
     }
