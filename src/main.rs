@@ -6,6 +6,7 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use lakesync::adapters::iceberg::IcebergCatalogConfig;
+use lakesync::config::plan::Plan;
 use lakesync::config::{Env, load_plan};
 use lakesync::runtime::api::ReadMode;
 use lakesync::runtime::pipeline::{RunOptions, run};
@@ -73,8 +74,9 @@ enum Command {
     Query {
         /// The SQL statement.
         sql: String,
-        /// Take the lake from this pipeline's first Iceberg sink (its namespace is the default
-        /// schema for unqualified table names).
+        /// Take the lake from this pipeline's first Iceberg sink, or the cold side of its first
+        /// tier sink (whose hot side then joins --state, --as-of and --changes-from reads); its
+        /// namespace is the default schema for unqualified table names.
         #[arg(long, conflicts_with_all = ["catalog", "warehouse"])]
         pipeline: Option<PathBuf>,
         /// The SQL catalogue's SQLite file (default: lake/catalog.sqlite).
@@ -253,27 +255,34 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             } else {
                 None
             };
-            let (config, namespace) = match pipeline {
-                Some(file) => lake_of(&file)?,
+            let (config, namespace, tiered) = match pipeline {
+                Some(file) => {
+                    let (lake, plan) = lake_of(&file)?;
+                    let tiered = lake.tier.map(|tier| (plan, tier));
+                    (lake.catalog, lake.namespace, tiered)
+                }
                 None => (
                     IcebergCatalogConfig::sql(
                         catalog.unwrap_or_else(|| "lake/catalog.sqlite".into()),
                         warehouse.unwrap_or_else(|| "lake/warehouse".into()),
                     ),
                     lakesync::adapters::iceberg::DEFAULT_NAMESPACE.to_string(),
+                    None,
                 ),
             };
+            let rt = runtime()?;
             let batches = match view {
-                Some(view) => runtime()?.block_on(lakesync::query::query_view(
-                    &config,
-                    &namespace,
-                    view,
-                    &Default::default(),
-                    &sql,
-                ))?,
-                None => {
-                    runtime()?.block_on(lakesync::query::query_in(&config, &namespace, &sql))?
+                Some(view) => {
+                    // A tiered pipeline's hot side joins every view but a snapshot's.
+                    let hot = match &tiered {
+                        Some((plan, tier)) => rt.block_on(lakesync::query::hot_tier(plan, tier))?,
+                        None => Default::default(),
+                    };
+                    rt.block_on(lakesync::query::query_view(
+                        &config, &namespace, view, &hot, &sql,
+                    ))?
                 }
+                None => rt.block_on(lakesync::query::query_in(&config, &namespace, &sql))?,
             };
             println!("{}", lakesync::query::format_batches(&batches));
         }
@@ -398,13 +407,7 @@ async fn run_files(files: Vec<PathBuf>, mode: ReadMode) -> anyhow::Result<()> {
 }
 
 /// The lake of a pipeline's first Iceberg sink, and that sink's namespace.
-fn lake_of(file: &std::path::Path) -> anyhow::Result<(IcebergCatalogConfig, String)> {
+fn lake_of(file: &std::path::Path) -> anyhow::Result<(lakesync::query::PipelineLake, Plan)> {
     let plan = load_plan(file, &Env::process())?;
-    for (_, spec) in plan.sinks.iter() {
-        if let lakesync::config::spec::SinkSpec::Iceberg(s) = spec {
-            let config = lakesync::build::catalog_config(&plan, &s.catalog)?;
-            return Ok((config, s.namespace.clone()));
-        }
-    }
-    anyhow::bail!("{} has no iceberg sink", file.display())
+    Ok((lakesync::query::pipeline_lake(&plan)?, plan))
 }

@@ -24,6 +24,8 @@ use datafusion::prelude::{SessionConfig, SessionContext};
 use iceberg_datafusion::IcebergCatalogProvider;
 
 use crate::adapters::iceberg::{DEFAULT_NAMESPACE, IcebergCatalogConfig, connect};
+use crate::config::plan::Plan;
+use crate::config::spec::SinkSpec;
 use crate::{Error, Result};
 
 pub mod time_travel;
@@ -90,6 +92,56 @@ pub async fn view_session(
     ctx.register_catalog(LAKE_CATALOG, Arc::new(provider));
     time_travel::register(&ctx, &catalog, namespace, view, hot, sql).await?;
     Ok(ctx)
+}
+
+/// The lake of a pipeline: its first `iceberg` sink, or the first `tier` sink whose cold side
+/// is an `iceberg` sink.
+#[derive(Clone, Debug)]
+pub struct PipelineLake {
+    /// The lake's catalogue.
+    pub catalog: IcebergCatalogConfig,
+    /// The namespace the pipeline writes its tables to.
+    pub namespace: String,
+    /// The tier sink whose cold side the lake is (its hot side joins time-travel reads).
+    pub tier: Option<String>,
+}
+
+/// Finds the lake of `plan` (see [`PipelineLake`]); an [`Error::Invalid`] when it has none.
+pub fn pipeline_lake(plan: &Plan) -> Result<PipelineLake> {
+    for (name, spec) in plan.sinks.iter() {
+        let (iceberg, tier) = match spec {
+            SinkSpec::Iceberg(s) => (s, None),
+            SinkSpec::Tier(t) => match t.cold.as_ref() {
+                SinkSpec::Iceberg(s) => (s, Some(name.to_string())),
+                _ => continue,
+            },
+            _ => continue,
+        };
+        return Ok(PipelineLake {
+            catalog: crate::build::catalog_config(plan, &iceberg.catalog)?,
+            namespace: iceberg.namespace.clone(),
+            tier,
+        });
+    }
+    Err(Error::invalid(
+        "query",
+        format!(
+            "pipeline {:?} has no iceberg sink (nor a tier sink with an iceberg cold side)",
+            plan.name
+        ),
+    ))
+}
+
+/// The deltas the hot side of tier sink `tier` holds, per table of `plan`.
+pub async fn hot_tier(plan: &Plan, tier: &str) -> Result<HotTier> {
+    let mut hot = HotTier::new();
+    for table in &plan.tables {
+        let batches = crate::adapters::hot::hot_deltas(plan, tier, table).await?;
+        if !batches.is_empty() {
+            hot.insert(table.table.clone(), batches);
+        }
+    }
+    Ok(hot)
 }
 
 /// Runs `sql` over the `view` of the lake's tables (see [`view_session`]).
