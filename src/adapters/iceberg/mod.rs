@@ -13,9 +13,12 @@
 //! [`crate::query`] reads the same tables with DataFusion.
 
 pub mod catalog;
+pub mod compact;
 pub mod mapping;
+pub mod read;
 pub mod sink;
 pub mod storage;
+mod write;
 
 pub use catalog::{DEFAULT_CATALOG_NAME, IcebergCatalogConfig, connect};
 pub use sink::IcebergSink;
