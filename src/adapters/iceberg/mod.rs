@@ -14,6 +14,7 @@
 
 pub mod catalog;
 pub mod compact;
+pub mod maintenance;
 pub mod mapping;
 pub mod read;
 pub mod sink;
