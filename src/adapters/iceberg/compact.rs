@@ -167,8 +167,14 @@ impl std::fmt::Display for CompactionReport {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let outcome = match self.outcome {
             CompactionOutcome::Committed => "compacted",
-            CompactionOutcome::Skipped => "skipped",
-            CompactionOutcome::Superseded => "superseded",
+            CompactionOutcome::Skipped => {
+                return write!(
+                    f,
+                    "{}: skipped: {} data files, too few to compact",
+                    self.table, self.files_before
+                );
+            }
+            CompactionOutcome::Superseded => "superseded (another compaction committed first)",
         };
         write!(
             f,

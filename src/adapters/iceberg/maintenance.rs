@@ -30,7 +30,7 @@ use iceberg::table::Table;
 use iceberg::transaction::{ApplyTransactionAction, Transaction};
 use iceberg::{Catalog, TableIdent};
 
-use super::storage::{S3Config, list_objects};
+use super::storage::{S3Config, list_objects, normalise_local};
 use crate::{Error, Result};
 
 /// The default number of snapshots [`expire_snapshots`] keeps.
@@ -275,20 +275,25 @@ pub async fn referenced_files(table: &Table) -> iceberg::Result<HashSet<String>>
 }
 
 /// A location in one spelling per file: `s3a://`/`s3n://` as `s3://`, `file:` URLs as plain
-/// absolute paths.
+/// absolute paths with `.` and `..` resolved.
 fn canonical(location: &str) -> String {
     for scheme in ["s3a://", "s3n://"] {
         if let Some(rest) = location.strip_prefix(scheme) {
             return format!("s3://{rest}");
         }
     }
-    if let Some(rest) = location.strip_prefix("file://") {
-        return rest.to_string();
+    if location.starts_with("s3://") {
+        return location.to_string();
     }
-    if let Some(rest) = location.strip_prefix("file:") {
-        return rest.to_string();
+    let local = location
+        .strip_prefix("file://")
+        .or_else(|| location.strip_prefix("file:"))
+        .unwrap_or(location);
+    if local.starts_with('/') {
+        normalise_local(local)
+    } else {
+        location.to_string()
     }
-    location.to_string()
 }
 
 /// A listed location (s3:// or an absolute path) in the spelling of the table location `base`.

@@ -359,10 +359,11 @@ pub async fn list_objects(prefix: &str, s3: &S3Config) -> Result<Vec<ListedObjec
                     format!("{prefix:?} is neither an s3:// URL nor an absolute local path"),
                 ));
             }
-            if !std::path::Path::new(local).exists() {
+            let local = normalise_local(local);
+            if !std::path::Path::new(&local).exists() {
                 return Ok(Vec::new());
             }
-            let path = ObjectPath::from_absolute_path(local)
+            let path = ObjectPath::from_absolute_path(&local)
                 .map_err(|e| Error::invalid("lake location", format!("{prefix:?}: {e}")))?;
             (Arc::new(LocalFileSystem::new()), Some(path), true)
         };
@@ -382,6 +383,22 @@ pub async fn list_objects(prefix: &str, s3: &S3Config) -> Result<Vec<ListedObjec
         });
     }
     Ok(out)
+}
+
+/// An absolute local path with its `.` and `..` segments resolved lexically (symbolic links are
+/// not followed), so that two spellings of one file compare equal.
+pub fn normalise_local(path: &str) -> String {
+    let mut parts: Vec<&str> = Vec::new();
+    for part in path.split('/') {
+        match part {
+            "" | "." => {}
+            ".." => {
+                parts.pop();
+            }
+            other => parts.push(other),
+        }
+    }
+    format!("/{}", parts.join("/"))
 }
 
 /// The object key `key` as an `object_store` path, kept as it is when it is valid (so names
