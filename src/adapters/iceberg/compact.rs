@@ -883,6 +883,78 @@ pub(crate) mod tests {
     }
 
     #[tokio::test]
+    async fn an_old_table_gains_versions_and_compacts_exactly() {
+        // A table made before day partitioning and compaction: no _hlc_time, no _versions.
+        let dir = tempfile::tempdir().unwrap();
+        let config = IcebergCatalogConfig::sql(dir.path().join("c.db"), dir.path().join("wh"));
+        let catalog = connect(&config).await.unwrap();
+        let ns = iceberg::NamespaceIdent::new("lakesync".into());
+        catalog.create_namespace(&ns, HashMap::new()).await.unwrap();
+        let table = todos();
+        let fresh = mapping::iceberg_schema(&table).unwrap();
+        let old_fields: Vec<_> = fresh
+            .as_struct()
+            .fields()
+            .iter()
+            .filter(|f| f.name != mapping::HLC_TIME && f.name != crate::kernel::compact::VERSIONS)
+            .cloned()
+            .collect();
+        let old = iceberg::spec::Schema::builder()
+            .with_fields(old_fields)
+            .build()
+            .unwrap();
+        let creation = iceberg::TableCreation::builder()
+            .name("todos".to_string())
+            .schema(old)
+            .build();
+        catalog.create_table(&ns, creation).await.unwrap();
+        let mut sink = IcebergSink::with_catalog(catalog.clone(), "lakesync", "p", "lake").unwrap();
+        sink.prepare(std::slice::from_ref(&table)).await.unwrap();
+        let ident = sink.table_ident("todos");
+        let mut lake = Lake {
+            _dir: dir,
+            catalog,
+            sink,
+            table,
+            ident,
+            written: Vec::new(),
+            epoch: 0,
+        };
+        for epoch in history() {
+            lake.flush(epoch).await;
+        }
+        assert!(!mapping::has_versions(
+            lake.load().await.metadata().current_schema()
+        ));
+        let report = lake.compact(&CompactionOptions::default()).await;
+        assert_eq!(report.outcome, CompactionOutcome::Committed, "{report}");
+        let schema = lake.load().await.metadata().current_schema().clone();
+        let names: Vec<&str> = schema
+            .as_struct()
+            .fields()
+            .iter()
+            .map(|f| f.name.as_str())
+            .collect();
+        assert_eq!(names.last(), Some(&"_versions"), "{names:?}");
+        assert_eq!(lake.lake_state().await, lake.expected());
+        // The sink keeps writing deltas (null _versions) to the evolved table.
+        lake.flush(vec![d(
+            DeltaOp::Update,
+            "b",
+            "c4",
+            T0 + 3,
+            vec![("n", json!(4))],
+        )])
+        .await;
+        assert_eq!(lake.lake_state().await, lake.expected());
+        assert_eq!(
+            lake.compact(&CompactionOptions::default()).await.outcome,
+            CompactionOutcome::Committed
+        );
+        assert_eq!(lake.lake_state().await, lake.expected());
+    }
+
+    #[tokio::test]
     async fn too_few_files_are_skipped() {
         let mut lake = Lake::new().await;
         let report = lake.compact(&CompactionOptions::default()).await;
@@ -966,6 +1038,146 @@ pub(crate) mod tests {
         // Its parent is the concurrent append, not the snapshot compaction read.
         let current = table.metadata().current_snapshot().unwrap();
         assert_ne!(current.parent_snapshot_id(), report.source_snapshot_id);
+    }
+
+    /// A catalogue that lets another writer commit just before the first commit it forwards, so
+    /// that commit conflicts (the SQL catalogue's compare-and-swap fails) and is retried.
+    struct Interloper {
+        inner: Arc<dyn Catalog>,
+        first: tokio::sync::Mutex<Option<BoxFuture<'static, ()>>>,
+        updates: AtomicU64,
+    }
+
+    impl std::fmt::Debug for Interloper {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.debug_struct("Interloper").finish_non_exhaustive()
+        }
+    }
+
+    #[async_trait]
+    impl Catalog for Interloper {
+        async fn list_namespaces(
+            &self,
+            parent: Option<&iceberg::NamespaceIdent>,
+        ) -> iceberg::Result<Vec<iceberg::NamespaceIdent>> {
+            self.inner.list_namespaces(parent).await
+        }
+        async fn create_namespace(
+            &self,
+            namespace: &iceberg::NamespaceIdent,
+            properties: HashMap<String, String>,
+        ) -> iceberg::Result<iceberg::Namespace> {
+            self.inner.create_namespace(namespace, properties).await
+        }
+        async fn get_namespace(
+            &self,
+            namespace: &iceberg::NamespaceIdent,
+        ) -> iceberg::Result<iceberg::Namespace> {
+            self.inner.get_namespace(namespace).await
+        }
+        async fn namespace_exists(
+            &self,
+            namespace: &iceberg::NamespaceIdent,
+        ) -> iceberg::Result<bool> {
+            self.inner.namespace_exists(namespace).await
+        }
+        async fn update_namespace(
+            &self,
+            namespace: &iceberg::NamespaceIdent,
+            properties: HashMap<String, String>,
+        ) -> iceberg::Result<()> {
+            self.inner.update_namespace(namespace, properties).await
+        }
+        async fn drop_namespace(&self, namespace: &iceberg::NamespaceIdent) -> iceberg::Result<()> {
+            self.inner.drop_namespace(namespace).await
+        }
+        async fn list_tables(
+            &self,
+            namespace: &iceberg::NamespaceIdent,
+        ) -> iceberg::Result<Vec<TableIdent>> {
+            self.inner.list_tables(namespace).await
+        }
+        async fn create_table(
+            &self,
+            namespace: &iceberg::NamespaceIdent,
+            creation: iceberg::TableCreation,
+        ) -> iceberg::Result<Table> {
+            self.inner.create_table(namespace, creation).await
+        }
+        async fn load_table(&self, ident: &TableIdent) -> iceberg::Result<Table> {
+            self.inner.load_table(ident).await
+        }
+        async fn drop_table(&self, ident: &TableIdent) -> iceberg::Result<()> {
+            self.inner.drop_table(ident).await
+        }
+        async fn purge_table(&self, ident: &TableIdent) -> iceberg::Result<()> {
+            self.inner.purge_table(ident).await
+        }
+        async fn table_exists(&self, ident: &TableIdent) -> iceberg::Result<bool> {
+            self.inner.table_exists(ident).await
+        }
+        async fn rename_table(&self, src: &TableIdent, dest: &TableIdent) -> iceberg::Result<()> {
+            self.inner.rename_table(src, dest).await
+        }
+        async fn register_table(
+            &self,
+            ident: &TableIdent,
+            metadata_location: String,
+        ) -> iceberg::Result<Table> {
+            self.inner.register_table(ident, metadata_location).await
+        }
+        async fn update_table(&self, commit: iceberg::TableCommit) -> iceberg::Result<Table> {
+            self.updates.fetch_add(1, Ordering::SeqCst);
+            let first = self.first.lock().await.take();
+            if let Some(interloping) = first {
+                interloping.await;
+            }
+            self.inner.update_table(commit).await
+        }
+    }
+
+    #[tokio::test]
+    async fn a_conflicting_commit_is_retried_on_the_new_snapshot() {
+        let mut lake = Lake::new().await;
+        for epoch in history() {
+            lake.flush(epoch).await;
+        }
+        // (New tables have `_versions`, so the first commit is the replace commit.)
+        let mut other =
+            IcebergSink::with_catalog(lake.catalog.clone(), "lakesync", "q", "lake").unwrap();
+        other
+            .prepare(std::slice::from_ref(&lake.table))
+            .await
+            .unwrap();
+        let concurrent = vec![d(
+            DeltaOp::Update,
+            "c",
+            "c8",
+            T0 + DAY_MS + 500,
+            vec![("done", json!(true))],
+        )];
+        let batch = deltas_to_batch(&lake.table, &concurrent).unwrap();
+        let table_ref = lake.table.clone();
+        let interloping: BoxFuture<'static, ()> = Box::pin(async move {
+            other.write(&table_ref, batch).await.unwrap();
+            other.commit(1).await.unwrap();
+        });
+        let interloper = Arc::new(Interloper {
+            inner: lake.catalog.clone(),
+            first: tokio::sync::Mutex::new(Some(interloping)),
+            updates: AtomicU64::new(0),
+        });
+        let catalog: Arc<dyn Catalog> = interloper.clone();
+        let report = compact_table(&catalog, &lake.ident, &CompactionOptions::default())
+            .await
+            .unwrap();
+        assert_eq!(report.outcome, CompactionOutcome::Committed, "{report}");
+        // The first commit conflicted; the retry went through on top of the interloper's.
+        assert_eq!(interloper.updates.load(Ordering::SeqCst), 2);
+        lake.written.extend(concurrent);
+        assert_eq!(lake.lake_state().await, lake.expected());
+        let table = lake.load().await;
+        assert_eq!(epoch_mark(table.metadata(), "q", "lake").unwrap(), Some(1));
     }
 
     #[tokio::test]

@@ -966,6 +966,10 @@ pub(crate) fn create_primitive_array_repeated(
             ))
         }
         (DataType::Null, _) => Arc::new(arrow_array::NullArray::new(num_rows)),
+        // LakeSync patch: a column missing from an older data file (added by schema evolution)
+        // reads as nulls whatever its type (lists, large binary, …), as the Iceberg spec says;
+        // 0.10.1 refused every type not matched above.
+        (dt, None) => arrow_array::new_null_array(dt, num_rows),
         (dt, _) => {
             return Err(Error::new(
                 ErrorKind::Unexpected,
