@@ -330,6 +330,19 @@ mod tests {
     use crate::kernel::delta::DeltaOp;
     use serde_json::json;
 
+    #[test]
+    fn locations_compare_in_one_spelling() {
+        assert_eq!(canonical("file:///a/b/../c/./d"), "/a/c/d");
+        assert_eq!(canonical("file:/a//c"), "/a/c");
+        assert_eq!(canonical("s3a://bucket/k/x"), "s3://bucket/k/x");
+        assert_eq!(canonical("s3://bucket/k/../x"), "s3://bucket/k/../x");
+        assert_eq!(
+            respell("/w/t/data/f.parquet", "file:///w/x/../t"),
+            "file:///w/x/../t/data/f.parquet"
+        );
+        assert_eq!(respell("s3://b/t/m.avro", "s3a://b/t"), "s3a://b/t/m.avro");
+    }
+
     #[tokio::test]
     async fn expiry_and_orphan_clean_up_delete_only_unreferenced_files() {
         let mut lake = Lake::new().await;

@@ -115,6 +115,14 @@ pub fn state_of(rows: &LakeRows) -> Result<RecordBatch> {
 /// goes so that memory stays near the state's size: `state_of(read_table(..))` without holding
 /// every delta. Returns the rows' summary too, with `base` and `deltas` empty.
 pub async fn read_state(table: &Table, snapshot: Option<i64>) -> Result<(LakeRows, RecordBatch)> {
+    read_state_in_chunks(table, snapshot, MERGE_CHUNK_ROWS).await
+}
+
+async fn read_state_in_chunks(
+    table: &Table,
+    snapshot: Option<i64>,
+    chunk_rows: usize,
+) -> Result<(LakeRows, RecordBatch)> {
     let mut rows = begin(table, snapshot)?;
     let schema = rows.schema.clone();
     let mut bases = Vec::new();
@@ -131,7 +139,7 @@ pub async fn read_state(table: &Table, snapshot: Option<i64>) -> Result<(LakeRow
             pending_rows += deltas.num_rows();
             pending.push(deltas);
         }
-        if pending_rows >= MERGE_CHUNK_ROWS {
+        if pending_rows >= chunk_rows {
             state = Some(merge(&schema, state.as_ref(), &pending)?);
             pending.clear();
             pending_rows = 0;
@@ -139,18 +147,11 @@ pub async fn read_state(table: &Table, snapshot: Option<i64>) -> Result<(LakeRow
         Ok(())
     })
     .await?;
-    // Base rows go first as the prior (the kernel takes one prior batch), then the deltas folded
-    // so far, then the rest: the merge is a function of the set, so the order is free.
-    let base = concat_states(&schema, bases)?;
-    let state = match (base, state) {
-        (Some(base), Some(folded)) => {
-            let with_base = merge(&schema, Some(&base), &[])?;
-            let both = concat_batches(&state_schema(&schema), [&with_base, &folded])
-                .map_err(|e| Error::internal(format!("joining state batches: {e}")))?;
-            merge(&schema, Some(&both), &pending)?
-        }
-        (prior, folded) => merge(&schema, prior.as_ref().or(folded.as_ref()), &pending)?,
-    };
+    // The kernel takes one prior batch: the base rows and the state folded so far, joined (a row
+    // id in both is merged, as prior state merges idempotently), then the last chunk of deltas.
+    bases.extend(state);
+    let prior = concat_states(&schema, bases)?;
+    let state = merge(&schema, prior.as_ref(), &pending)?;
     Ok((rows, state))
 }
 
@@ -321,5 +322,78 @@ fn external(context: String, e: iceberg::Error) -> Error {
         message: format!("{context}: {e}"),
         retryable: e.retryable(),
         source: Some(Box::new(e)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::adapters::iceberg::compact::CompactionOptions;
+    use crate::adapters::iceberg::compact::tests::{Lake, T0, history, sorted};
+    use crate::kernel::delta_batch::deltas_to_batch;
+    use crate::kernel::hlc::HlcTimestamp;
+
+    #[tokio::test]
+    async fn snapshots_filters_and_base_rows_read_back() {
+        let mut lake = Lake::new().await;
+        let epochs = history();
+        lake.flush(epochs[0].clone()).await;
+        let first = lake.load().await.metadata().current_snapshot_id();
+        for epoch in &epochs[1..] {
+            lake.flush(epoch.clone()).await;
+        }
+        let table = lake.load().await;
+        // Time travel: the first snapshot is the first epoch's state.
+        let rows = read_table(&table, ReadOptions::at(first)).await.unwrap();
+        assert_eq!(rows.snapshot_id, first);
+        let batch = deltas_to_batch(&lake.table, &epochs[0]).unwrap();
+        let want = sorted(&merge(&lake.table, None, &[batch]).unwrap());
+        assert_eq!(sorted(&state_of(&rows).unwrap()), want);
+        assert_eq!(rows.rows_read, 3);
+        // The HLC filter keeps lo < _hlc <= hi, on deltas.
+        let lo = HlcTimestamp::new(T0 + 10, 0).unwrap().0;
+        let hi = HlcTimestamp::new(T0 + 12, 0).unwrap().0;
+        let options = ReadOptions {
+            hlc_filter: Some((lo, hi)),
+            ..ReadOptions::default()
+        };
+        let rows = read_table(&table, options).await.unwrap();
+        let kept: usize = rows.deltas.iter().map(RecordBatch::num_rows).sum();
+        assert_eq!(kept, 2); // T0+11 and T0+12
+        assert_eq!(rows.rows_read, 9);
+        assert_eq!(
+            rows.max_hlc,
+            Some(HlcTimestamp::new(T0 + 86_400_002, 0).unwrap().0)
+        );
+        // A missing snapshot is named.
+        let err = read_table(&table, ReadOptions::at(Some(42)))
+            .await
+            .unwrap_err();
+        assert!(err.to_string().contains("has no snapshot 42"), "{err}");
+
+        // After compaction: base rows, which skip_base leaves out; the old snapshot still reads.
+        lake.compact(&CompactionOptions::default()).await;
+        let table = lake.load().await;
+        let rows = read_table(&table, ReadOptions::default()).await.unwrap();
+        assert_eq!(rows.base.as_ref().map(RecordBatch::num_rows), Some(3));
+        let skipped = ReadOptions {
+            skip_base: true,
+            ..ReadOptions::default()
+        };
+        let rows = read_table(&table, skipped).await.unwrap();
+        assert!(rows.base.is_none() && rows.deltas.is_empty());
+        let rows = read_table(&table, ReadOptions::at(first)).await.unwrap();
+        assert_eq!(sorted(&state_of(&rows).unwrap()), want);
+        let (summary, state) = read_state(&table, None).await.unwrap();
+        assert_eq!(summary.rows_read, 3);
+        assert_eq!(sorted(&state), lake.expected());
+        // Base rows plus deltas folded in chunks give the same state.
+        let mut lake = lake;
+        for epoch in history() {
+            lake.flush(epoch).await;
+        }
+        let table = lake.load().await;
+        let (_, state) = read_state_in_chunks(&table, None, 1).await.unwrap();
+        assert_eq!(sorted(&state), lake.expected());
     }
 }

@@ -8,7 +8,8 @@
 //! is *ahead* of the pipeline's schema (another writer added columns) is used as it is: the
 //! columns the batches lack are written as nulls.
 //!
-//! **Writes.** [`Sink::write`] converts each delta batch to the table's Iceberg Arrow form at
+//! **Writes.** Deltas are written with a null `_versions` (that column is for compaction's base
+//! rows, see [`super::compact`]). [`Sink::write`] converts each delta batch to the table's Iceberg Arrow form at
 //! once (so a bad batch fails where it was written) and buffers it; an epoch is held in memory
 //! until its commit.
 //!
