@@ -240,7 +240,8 @@ pub async fn clean_orphans(
     Ok(report)
 }
 
-/// Every file `table`'s metadata references, in [`canonical`] form.
+/// Every file `table`'s metadata references, each location in one canonical spelling (`file:`
+/// URLs as plain absolute paths with `.` and `..` resolved, `s3a://`/`s3n://` as `s3://`).
 pub async fn referenced_files(table: &Table) -> iceberg::Result<HashSet<String>> {
     let metadata = table.metadata();
     let mut files = HashSet::new();

@@ -13,7 +13,7 @@
 //! | `_delta_id` FixedSizeBinary(32) | `fixed[32]`, required | FixedSizeBinary(32) |
 //! | `_set` List<UInt16> | `list<int>`, required, element required | List<Int32> |
 //! | (derived from `_hlc`) | `_hlc_time` `timestamptz`, required (tables made since day partitioning) | Timestamp(µs, "+00:00") |
-//! | (base rows only) | `_versions` `list<binary>`, optional, element optional | List<LargeBinary> |
+//! | (base rows only) | `_versions` `list<binary>`, optional, element optional | `List<LargeBinary>` |
 //! | `string` column | `string`, optional | Utf8 |
 //! | `number` column | `double`, optional | Float64 |
 //! | `integer` column | `long`, optional | Int64 |

@@ -20,7 +20,7 @@
 //! **HLC filter.** `hlc_filter = Some((lo, hi))` keeps the deltas with `lo < _hlc <= hi`. It
 //! applies to deltas only: a base row summarises every delta of its row up to the compaction
 //! (the snapshot summary's `lakesync.compacted-through-hlc` bounds them), so it is returned
-//! whole or not at all ([`ReadOptions::base`]). The filter is applied in memory after the scan.
+//! whole or not at all ([`ReadOptions::skip_base`]). The filter is applied in memory after the scan.
 //!
 //! **Memory.** [`read_table`] holds every delta of the snapshot. [`read_state`] folds the scan
 //! into the state as it goes (deltas are merged in chunks of [`MERGE_CHUNK_ROWS`]), so it holds
