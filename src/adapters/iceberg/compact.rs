@@ -284,13 +284,8 @@ pub async fn compact_table(
     let removed: HashSet<String> = files.iter().map(|f| f.file_path().to_string()).collect();
     let mut backoff = FIRST_BACKOFF;
     for attempt in 1..=MAX_COMMIT_ATTEMPTS {
-        let superseded = Arc::new(AtomicBool::new(false));
-        let action = ReplaceDataFiles {
-            removed: removed.clone(),
-            added: added.clone(),
-            properties: properties.clone(),
-            superseded: superseded.clone(),
-        };
+        let action = ReplaceDataFiles::new(removed.clone(), added.clone(), properties.clone());
+        let superseded = action.superseded_flag();
         let tx = Transaction::new(&table);
         let tx = action
             .apply(tx)
@@ -399,6 +394,30 @@ pub struct ReplaceDataFiles {
     properties: HashMap<String, String>,
     /// Set when a removed file is no longer live: the action cannot apply.
     superseded: Arc<AtomicBool>,
+}
+
+impl ReplaceDataFiles {
+    /// An action that removes the live data files at the paths `removed` and adds `added`, with
+    /// `properties` in the snapshot summary (besides the counts).
+    pub fn new(
+        removed: HashSet<String>,
+        added: Vec<DataFile>,
+        properties: HashMap<String, String>,
+    ) -> Self {
+        Self {
+            removed,
+            added,
+            properties,
+            superseded: Arc::new(AtomicBool::new(false)),
+        }
+    }
+
+    /// A flag the action sets when it cannot apply because a file to remove is no longer live
+    /// (its commit then fails with `PreconditionFailed`): read it after a failed commit to tell
+    /// "superseded" from other failures.
+    pub fn superseded_flag(&self) -> Arc<AtomicBool> {
+        self.superseded.clone()
+    }
 }
 
 #[async_trait]
