@@ -102,6 +102,9 @@ enum Command {
         #[arg(long)]
         state: bool,
     },
+    /// Lake maintenance: compact tables, expire snapshots, clean up orphan files, e.g.
+    /// `lakesync lake compact --pipeline pipelines/lake.yaml`.
+    Lake(lakesync::adapters::iceberg::command::LakeArgs),
     /// Print the JSON Schema of pipeline files (for editors).
     Schema,
     /// Write synthetic task changes as JSON lines (the jsonl source's `rows` format), for
@@ -285,6 +288,35 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
                 None => rt.block_on(lakesync::query::query_in(&config, &namespace, &sql))?,
             };
             println!("{}", lakesync::query::format_batches(&batches));
+        }
+        Command::Lake(args) => {
+            let location = args.location;
+            let (config, namespace) = match location.pipeline {
+                Some(file) => lake_of(&file)?,
+                None => (
+                    IcebergCatalogConfig::sql(
+                        location
+                            .catalog
+                            .unwrap_or_else(|| "lake/catalog.sqlite".into()),
+                        location
+                            .warehouse
+                            .unwrap_or_else(|| "lake/warehouse".into()),
+                    ),
+                    lakesync::adapters::iceberg::DEFAULT_NAMESPACE.to_string(),
+                ),
+            };
+            let done = runtime()?.block_on(lakesync::adapters::iceberg::command::run(
+                &config,
+                &namespace,
+                &args.action,
+            ))?;
+            for line in &done.lines {
+                println!("{line}");
+            }
+            if done.failures > 0 {
+                eprintln!("error: {} table(s) failed", done.failures);
+                return Ok(ExitCode::FAILURE);
+            }
         }
         Command::Schema => {
             println!(

@@ -8,11 +8,13 @@
 //! - [`bulk`]: full-row INSERT batches built straight from columnar data;
 //! - [`state`]: the row-state form the merge produces, and version keys;
 //! - [`merge`]: the column-level last-writer-wins merge kernel;
+//! - [`compact`]: base rows, the merged state in the delta contract's form (compaction);
 //! - [`rules`] and [`filter`]: sync rules, compiled to vectorised predicates over rows;
 //! - [`parquet_io`] and [`proto`]: the Parquet and protobuf forms of deltas;
 //! - [`error`]: the one error type.
 
 pub mod bulk;
+pub mod compact;
 pub mod delta;
 pub mod delta_batch;
 pub mod error;

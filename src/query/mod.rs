@@ -10,7 +10,8 @@
 //! A query sees each table's current snapshot as of when the query started (the catalogue's
 //! tables are listed and loaded when the session is made). Rows are deltas in the Iceberg form
 //! of [`crate::adapters::iceberg::mapping`]; `mapping::to_delta_batch` turns a `SELECT *`
-//! result back into delta batches.
+//! result back into delta batches. A compacted table also holds base rows (`_versions` not
+//! null), which are state, not deltas: [`crate::adapters::iceberg::read`] merges both kinds.
 //!
 //! Errors: SQL that does not parse, names an unknown table or column, or fails while running on
 //! the data (a bad cast, say) is an [`Error::Invalid`] for `query` carrying DataFusion's

@@ -11,15 +11,24 @@
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::process::Command;
+use std::sync::Arc;
+
+use arrow::array::{AsArray, RecordBatch};
 
 use ::iceberg::spec::Transform;
 use ::iceberg::{NamespaceIdent, TableIdent};
 use futures::TryStreamExt;
+use lakesync::adapters::iceberg::compact::{CompactionOptions, CompactionOutcome, compact_table};
+use lakesync::adapters::iceberg::maintenance::{
+    ExpireOptions, OrphanOptions, clean_orphans, expire_snapshots,
+};
 use lakesync::adapters::iceberg::mapping::{HLC_DAY, HLC_TIME};
+use lakesync::adapters::iceberg::read::{ReadOptions, read_table, state_of};
 use lakesync::adapters::iceberg::sink::{EPOCH_PROPERTY, PIPELINE_PROPERTY, SINK_PROPERTY};
 use lakesync::adapters::iceberg::{IcebergCatalogConfig, IcebergSink, S3Config, connect};
 use lakesync::kernel::delta::RowDelta;
 use lakesync::kernel::delta_batch::deltas_to_batch;
+use lakesync::kernel::merge::merge;
 use lakesync::query::query;
 use lakesync::runtime::api::{CommitStats, Sink};
 use lakesync::{Error, ErrorKind};
@@ -594,4 +603,332 @@ async fn object_store_storage_round_trips_on_s3() {
         err.to_string().contains(&small) && err.to_string().contains(&services.s3_endpoint),
         "{err}"
     );
+}
+
+/// The merged state of `deltas`, sorted by row id.
+fn merged_state(table: &lakesync::kernel::schema::TableSchema, deltas: &[RowDelta]) -> RecordBatch {
+    let batch = deltas_to_batch(table, deltas).expect("a delta batch");
+    sorted_state(&merge(table, None, &[batch]).expect("merge"))
+}
+
+fn sorted_state(state: &RecordBatch) -> RecordBatch {
+    let order = arrow::compute::sort_to_indices(state.column(0), None, None).expect("sort");
+    arrow::compute::take_record_batch(state, &order).expect("take")
+}
+
+/// What LakeSync's reader makes of a lake table: the state of its base rows and deltas.
+async fn lakesync_state(catalog: &Arc<dyn ::iceberg::Catalog>, ident: &TableIdent) -> RecordBatch {
+    let table = catalog.load_table(ident).await.expect("load the table");
+    let rows = read_table(&table, ReadOptions::default())
+        .await
+        .expect("read the table");
+    sorted_state(&state_of(&rows).expect("merge the lake rows"))
+}
+
+/// The live rows of a state as a reader unaware of `_versions` sees base rows: `_rowid` and the
+/// data columns (null where a column holds nothing), in canonical JSON, by row id.
+fn live_rows(state: &RecordBatch) -> Vec<Value> {
+    let live = arrow::compute::not(state.column(2).as_boolean()).expect("not");
+    let state = arrow::compute::filter_record_batch(state, &live).expect("filter");
+    let mut fields = vec![arrow::datatypes::Field::new(
+        "_rowid",
+        arrow::datatypes::DataType::Utf8,
+        false,
+    )];
+    let mut columns = vec![state.column(0).clone()];
+    for (field, column) in state.schema().fields().iter().zip(state.columns()).skip(6) {
+        fields.push(field.as_ref().clone());
+        columns.push(column.clone());
+    }
+    let batch = RecordBatch::try_new(Arc::new(arrow::datatypes::Schema::new(fields)), columns)
+        .expect("a batch");
+    let mut rows = json_rows(&[batch]);
+    rows.sort_by(|a, b| a["_rowid"].as_str().cmp(&b["_rowid"].as_str()));
+    rows
+}
+
+/// pyiceberg's and DuckDB's `_op <> 3` rows (`tests/python/read_lww_rest.py`).
+fn lww_read(python: &str, services: &Services, table: &str) -> (Vec<Value>, Option<Vec<Value>>) {
+    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/python/read_lww_rest.py");
+    let output = Command::new(python)
+        .arg(&script)
+        .arg(&services.rest_uri)
+        .arg(&services.warehouse)
+        .arg(table)
+        .env("LAKESYNC_S3_ENDPOINT", &services.s3_endpoint)
+        .env("AWS_ACCESS_KEY_ID", &services.key)
+        .env("AWS_SECRET_ACCESS_KEY", &services.secret)
+        .env("AWS_REGION", &services.region)
+        .output()
+        .expect("run the LWW reader");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "LWW reader failed:\n{stderr}");
+    eprintln!("{}", stderr.trim());
+    let doc: Value = serde_json::from_slice(&output.stdout).expect("a JSON document");
+    let py = serde_json::from_value(doc["pyiceberg"].clone()).expect("pyiceberg rows");
+    let duck: Option<Vec<Value>> =
+        serde_json::from_value(doc["duckdb"].clone()).expect("DuckDB rows");
+    if duck.is_none() {
+        assert!(
+            !support::in_ci(),
+            "DuckDB's extension wheels are missing in CI"
+        );
+    }
+    (py, duck)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn compaction_on_rest_is_read_exactly_by_pyiceberg_duckdb_and_lakesync() {
+    let Some(services) = services() else {
+        return;
+    };
+    let config = services.catalog();
+    let ns = unique_name("compact");
+    let tasks = tasks();
+    let mut sink = IcebergSink::connect(&config, &ns, "lakehouse", "lake")
+        .await
+        .expect("connect the sink");
+    sink.prepare(std::slice::from_ref(&tasks))
+        .await
+        .expect("prepare");
+    let catalog = connect(&config).await.expect("connect");
+    let ident = TableIdent::from_strs([ns.as_str(), "tasks"]).expect("ident");
+    let python = support::service_env("pyiceberg", "LAKESYNC_PYTHON");
+
+    // Two epochs over the same 60 rows: inserts, column updates, deletes, resurrections.
+    let mut all = three_days(150, 30);
+    write(&mut sink, &tasks, &all).await;
+    sink.commit(1).await.expect("commit epoch 1");
+    let epoch2 = task_deltas(120, 31, WALL_MS + DAY_MS / 2);
+    write(&mut sink, &tasks, &epoch2).await;
+    sink.commit(2).await.expect("commit epoch 2");
+    all.extend(epoch2);
+    assert_eq!(
+        lakesync_state(&catalog, &ident).await,
+        merged_state(&tasks, &all)
+    );
+
+    let report = compact_table(&catalog, &ident, &CompactionOptions::default())
+        .await
+        .expect("compact");
+    assert_eq!(report.outcome, CompactionOutcome::Committed, "{report}");
+    assert_eq!(report.rows_in, 450 + 120, "{report}");
+    let expected = merged_state(&tasks, &all);
+    assert_eq!(report.rows_out as usize, expected.num_rows(), "{report}");
+    assert_eq!(lakesync_state(&catalog, &ident).await, expected);
+    if let Some(python) = &python {
+        let (py, duck) = lww_read(python, &services, &format!("{ns}.tasks"));
+        let want = live_rows(&expected);
+        assert!(!want.is_empty());
+        assert_eq!(py, want, "pyiceberg's live rows differ from the merge");
+        if let Some(duck) = duck {
+            assert_eq!(duck, want, "DuckDB's live rows differ from the merge");
+        }
+    }
+
+    // Late deltas (a day older than everything compacted) and new ones, then a second
+    // compaction: LakeSync stays exact, the other readers see the new state.
+    let epoch3: Vec<RowDelta> = task_deltas(80, 32, WALL_MS - DAY_MS)
+        .into_iter()
+        .chain(task_deltas(40, 33, WALL_MS + 4 * DAY_MS))
+        .collect();
+    write(&mut sink, &tasks, &epoch3).await;
+    sink.commit(3).await.expect("commit epoch 3");
+    all.extend(epoch3);
+    let expected = merged_state(&tasks, &all);
+    assert_eq!(lakesync_state(&catalog, &ident).await, expected);
+    let report = compact_table(&catalog, &ident, &CompactionOptions::default())
+        .await
+        .expect("compact again");
+    assert_eq!(report.outcome, CompactionOutcome::Committed, "{report}");
+    assert_eq!(lakesync_state(&catalog, &ident).await, expected);
+    if let Some(python) = &python {
+        let (py, duck) = lww_read(python, &services, &format!("{ns}.tasks"));
+        let want = live_rows(&expected);
+        assert_eq!(
+            py, want,
+            "pyiceberg's live rows differ after the second compaction"
+        );
+        if let Some(duck) = duck {
+            assert_eq!(
+                duck, want,
+                "DuckDB's live rows differ after the second compaction"
+            );
+        }
+    }
+
+    // Expiry and orphan clean-up on S3 keep the table readable and delete the replaced files.
+    let expired = expire_snapshots(
+        &catalog,
+        &ident,
+        &ExpireOptions {
+            retain_last: 1,
+            older_than: None,
+        },
+    )
+    .await
+    .expect("expire");
+    assert_eq!(expired.snapshots_after, 1, "{expired}");
+    let cleaned = clean_orphans(
+        &catalog,
+        &ident,
+        &services.s3(),
+        &OrphanOptions {
+            min_age: std::time::Duration::ZERO,
+            dry_run: false,
+        },
+    )
+    .await
+    .expect("clean orphans");
+    assert!(
+        cleaned
+            .deleted
+            .iter()
+            .filter(|p| p.ends_with(".parquet"))
+            .count()
+            >= 5,
+        "{cleaned}"
+    );
+    assert_eq!(lakesync_state(&catalog, &ident).await, expected);
+    drop_namespace(&config, &ns).await;
+}
+
+/// A compaction killed after writing its files and before its commit leaves the table exactly
+/// as it was (no partial snapshot); a rerun completes. Runs `lakesync lake compact` on a local
+/// SQL catalogue (no services needed), paused by the test hook.
+#[test]
+fn a_compaction_killed_mid_commit_leaves_the_table_as_it_was() {
+    use std::io::{BufRead, BufReader};
+    use std::process::Stdio;
+
+    let dir = tempfile::tempdir().expect("a temp dir");
+    let (db, warehouse) = (
+        dir.path().join("catalog.sqlite"),
+        dir.path().join("warehouse"),
+    );
+    let config = IcebergCatalogConfig::sql(&db, &warehouse);
+    let rt = tokio::runtime::Runtime::new().expect("a runtime");
+    let tasks = tasks();
+    let ident = TableIdent::from_strs(["lakesync", "tasks"]).expect("ident");
+    let mut all = Vec::new();
+    let (catalog, before_id) = rt.block_on(async {
+        let mut sink = IcebergSink::connect(&config, "lakesync", "kill", "lake")
+            .await
+            .expect("connect");
+        sink.prepare(std::slice::from_ref(&tasks))
+            .await
+            .expect("prepare");
+        for epoch in 1..=3u64 {
+            let deltas = task_deltas(100, 40 + epoch, WALL_MS + epoch * DAY_MS);
+            write(&mut sink, &tasks, &deltas).await;
+            sink.commit(epoch).await.expect("commit");
+            all.extend(deltas);
+        }
+        let catalog = connect(&config).await.expect("connect");
+        let id = catalog
+            .load_table(&ident)
+            .await
+            .expect("load")
+            .metadata()
+            .current_snapshot_id();
+        (catalog, id)
+    });
+    let expected = merged_state(&tasks, &all);
+    assert_eq!(rt.block_on(lakesync_state(&catalog, &ident)), expected);
+
+    let compact = || {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_lakesync"));
+        cmd.args(["lake", "compact", "--catalog"])
+            .arg(&db)
+            .arg("--warehouse")
+            .arg(&warehouse)
+            .env("RUST_LOG", "lakesync=info");
+        cmd
+    };
+    let mut child = compact()
+        .env(
+            lakesync::adapters::iceberg::compact::PAUSE_BEFORE_COMMIT_ENV,
+            "600000",
+        )
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start lakesync lake compact");
+    let stderr = child.stderr.take().expect("stderr");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if line.contains("pausing before the compaction commit") {
+                let _ = tx.send(());
+            }
+        }
+    });
+    let paused = rx.recv_timeout(std::time::Duration::from_secs(120));
+    child.kill().expect("SIGKILL the compaction"); // SIGKILL on Unix
+    let _ = child.wait();
+    paused.expect("the compaction reached its commit");
+
+    // Its base files are on disk, but no snapshot references them.
+    let written = walk(&warehouse)
+        .into_iter()
+        .filter(|p| p.contains("/compact-") && p.ends_with(".parquet"))
+        .count();
+    assert!(written > 0, "the killed compaction wrote no files");
+    let table = rt.block_on(catalog.load_table(&ident)).expect("load");
+    assert_eq!(table.metadata().current_snapshot_id(), before_id);
+    assert_eq!(rt.block_on(lakesync_state(&catalog, &ident)), expected);
+
+    // A rerun completes, and the killed run's files are orphans clean-up removes.
+    let output = compact().output().expect("rerun lakesync lake compact");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "rerun failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(
+        stdout.contains("lakesync.tasks: compacted: 3 files"),
+        "{stdout}"
+    );
+    assert_eq!(rt.block_on(lakesync_state(&catalog, &ident)), expected);
+    let output = Command::new(env!("CARGO_BIN_EXE_lakesync"))
+        .args(["lake", "clean-orphans", "--min-age", "0s", "--catalog"])
+        .arg(&db)
+        .arg("--warehouse")
+        .arg(&warehouse)
+        .output()
+        .expect("run lakesync lake clean-orphans");
+    assert!(output.status.success());
+    let table = rt.block_on(catalog.load_table(&ident)).expect("load");
+    let live: std::collections::HashSet<String> = rt
+        .block_on(lakesync::adapters::iceberg::maintenance::referenced_files(
+            &table,
+        ))
+        .expect("referenced files");
+    let left: Vec<String> = walk(&warehouse)
+        .into_iter()
+        .filter(|p| p.contains("/compact-") && p.ends_with(".parquet"))
+        .collect();
+    assert!(
+        left.iter().all(|p| live.contains(p)),
+        "orphans left: {left:?}"
+    );
+    assert_eq!(rt.block_on(lakesync_state(&catalog, &ident)), expected);
+}
+
+/// Every file under `dir`, as absolute paths.
+fn walk(dir: &std::path::Path) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for entry in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                stack.push(path);
+            } else {
+                out.push(path.to_string_lossy().into_owned());
+            }
+        }
+    }
+    out
 }

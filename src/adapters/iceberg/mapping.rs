@@ -13,6 +13,7 @@
 //! | `_delta_id` FixedSizeBinary(32) | `fixed[32]`, required | FixedSizeBinary(32) |
 //! | `_set` List<UInt16> | `list<int>`, required, element required | List<Int32> |
 //! | (derived from `_hlc`) | `_hlc_time` `timestamptz`, required (tables made since day partitioning) | Timestamp(µs, "+00:00") |
+//! | (base rows only) | `_versions` `list<binary>`, optional, element optional | `List<LargeBinary>` |
 //! | `string` column | `string`, optional | Utf8 |
 //! | `number` column | `double`, optional | Float64 |
 //! | `integer` column | `long`, optional | Int64 |
@@ -44,12 +45,23 @@
 //! working as they are: [`to_iceberg_batch`] fills `_hlc_time` only when the table has it, and
 //! [`table_schema_of`] skips it.
 //!
+//! **Base rows.** Compaction ([`super::compact`]) replaces a table's deltas by *base rows*, one
+//! per row id, holding the row's merged state (`lakesync_operators::compact`): the data columns
+//! hold its last-writer-wins values, and `_versions` its version keys (`[live, delete, column…]`),
+//! so LakeSync can rebuild the exact state and merge later deltas onto it. A delta row has a null
+//! `_versions` (the sink writes none), a base row never. Tables made since compaction have
+//! `_versions` after `_hlc_time`; an older table gains it (at the end, after its data columns) by
+//! add-only evolution ([`versions_column`]) when it is first compacted. Every function here finds
+//! the reserved and derived columns by name, so their position does not matter; the data
+//! columns are the other columns, in order.
+//!
 //! Batches cross the boundary in both directions: [`to_iceberg_batch`] turns a delta batch into
 //! a batch of a table's Iceberg Arrow schema (with the `PARQUET:field_id` metadata that
 //! [`iceberg::arrow::schema_to_arrow_schema`] puts on every field, which iceberg-rust's Parquet
 //! writer matches columns by), and [`to_delta_batch`] turns what an Iceberg scan or a query
 //! returns back into a delta batch, so that a lake table can be read back as deltas. The round
-//! trip is exact.
+//! trip is exact. [`to_iceberg_batch`] also takes a kernel base batch (the delta contract plus
+//! `_versions`), and [`to_base_batch`] turns base rows read from the lake back into one.
 
 use std::sync::Arc;
 
@@ -62,6 +74,7 @@ use iceberg::spec::{
 };
 use iceberg::transaction::AddColumn;
 
+use crate::kernel::compact::{VERSIONS, versions_type};
 use crate::kernel::delta_batch::{
     CLIENT_ID, DELTA_ID, DeltaColumns, HLC, OP, RESERVED, ROW_ID, SET, delta_schema,
 };
@@ -86,6 +99,9 @@ pub const HLC_DAY: &str = "_hlc_time_day";
 /// The field id of [`HLC_TIME`] in a fresh schema (after the reserved columns and `_set`'s
 /// element).
 const HLC_TIME_ID: i32 = 8;
+
+/// The field id of `_versions` in a fresh schema (its element is the next id).
+const VERSIONS_ID: i32 = HLC_TIME_ID + 1;
 
 /// The lake name of the delta-contract column `name` (itself for every column but `_row_id`).
 pub fn lake_name(name: &str) -> &str {
@@ -142,7 +158,8 @@ pub fn iceberg_schema(table: &TableSchema) -> Result<Schema> {
     check_lake_names(table)?;
     let mut fields = reserved_fields();
     fields.push(hlc_time_field());
-    let first_data_id = HLC_TIME_ID + 1;
+    fields.push(versions_field(VERSIONS_ID));
+    let first_data_id = VERSIONS_ID + 2;
     for (i, column) in table.columns.iter().enumerate() {
         let id = i32::try_from(i)
             .ok()
@@ -174,6 +191,36 @@ fn hlc_time_field() -> NestedFieldRef {
     .into()
 }
 
+/// `_versions` as an Iceberg field with id `id` (its element gets `id + 1`).
+fn versions_field(id: i32) -> NestedFieldRef {
+    NestedField::optional(id, VERSIONS, versions_iceberg_type(id + 1))
+        .with_doc(VERSIONS_DOC)
+        .into()
+}
+
+const VERSIONS_DOC: &str = "base rows only: version keys [live, delete, column…]; null on deltas";
+
+fn versions_iceberg_type(element_id: i32) -> Type {
+    let element =
+        NestedField::list_element(element_id, Type::Primitive(PrimitiveType::Binary), false);
+    Type::List(ListType::new(element.into()))
+}
+
+/// Whether the Iceberg schema `schema` has the `_versions` column base rows need.
+pub fn has_versions(schema: &Schema) -> bool {
+    schema.field_by_name(VERSIONS).is_some()
+}
+
+/// The schema-evolution step that gives an older lake table the `_versions` column (optional,
+/// appended after the existing columns).
+pub fn versions_column() -> AddColumn {
+    AddColumn::builder()
+        .name(VERSIONS)
+        .field_type(versions_iceberg_type(0))
+        .doc(VERSIONS_DOC)
+        .build()
+}
+
 /// The partition spec of a new lake table with the Iceberg schema `schema` (made by
 /// [`iceberg_schema`]): `day(_hlc_time)`.
 pub fn partition_spec(schema: &Schema) -> Result<UnboundPartitionSpec> {
@@ -191,6 +238,7 @@ pub fn check_lake_names(table: &TableSchema) -> Result<()> {
     for column in &table.columns {
         if LAKE_RESERVED.contains(&column.name.as_str())
             || column.name == HLC_TIME
+            || column.name == VERSIONS
             || iceberg::metadata_columns::is_metadata_column_name(&column.name)
         {
             return Err(Error::schema(format!(
@@ -227,41 +275,48 @@ pub fn arrow_schema(schema: &Schema) -> Result<SchemaRef> {
 /// else from its Iceberg type (`string` → string, `double` → number, `long` → integer,
 /// `boolean`, `timestamptz` → timestamp).
 pub fn table_schema_of(table: &str, schema: &Schema) -> Result<TableSchema> {
-    let fields = schema.as_struct().fields();
-    let expected = reserved_fields();
     let not_ours = |why: String| {
         Error::schema(format!(
             "Iceberg table {table:?} is not a LakeSync delta table: {why}"
         ))
     };
-    if fields.len() < RESERVED {
+    for want in reserved_fields() {
+        match schema.field_by_name(&want.name) {
+            Some(have) if same_type(&have.field_type, &want.field_type) => {}
+            Some(have) => {
+                return Err(not_ours(format!(
+                    "column {:?} has type {}, expected {}",
+                    want.name, have.field_type, want.field_type
+                )));
+            }
+            None => {
+                return Err(not_ours(format!(
+                    "it has no reserved column {:?}",
+                    want.name
+                )));
+            }
+        }
+    }
+    if let Some(time) = schema.field_by_name(HLC_TIME)
+        && *time.field_type != Type::Primitive(PrimitiveType::Timestamptz)
+    {
         return Err(not_ours(format!(
-            "it has {} columns, fewer than the {RESERVED} reserved ones",
-            fields.len()
+            "column {HLC_TIME:?} has type {}, expected timestamptz",
+            time.field_type
         )));
     }
-    for (have, want) in fields.iter().zip(&expected) {
-        if have.name != want.name || !same_type(&have.field_type, &want.field_type) {
-            return Err(not_ours(format!(
-                "column {:?} is {:?} of type {}, expected {:?} of type {}",
-                have.id, have.name, have.field_type, want.name, want.field_type
-            )));
-        }
-    }
-    let mut data = &fields[RESERVED..];
-    if let Some(first) = data.first()
-        && first.name == HLC_TIME
+    if let Some(versions) = schema.field_by_name(VERSIONS)
+        && !same_type(&versions.field_type, &versions_iceberg_type(0))
     {
-        if *first.field_type != Type::Primitive(PrimitiveType::Timestamptz) {
-            return Err(not_ours(format!(
-                "column {HLC_TIME:?} has type {}, expected timestamptz",
-                first.field_type
-            )));
-        }
-        data = &data[1..];
+        return Err(not_ours(format!(
+            "column {VERSIONS:?} has type {}, expected list<binary>",
+            versions.field_type
+        )));
     }
+    let data = schema.as_struct().fields().iter().filter(|f| {
+        !LAKE_RESERVED.contains(&f.name.as_str()) && f.name != HLC_TIME && f.name != VERSIONS
+    });
     let columns = data
-        .iter()
         .map(|f| {
             let from_doc = f
                 .doc
@@ -305,16 +360,14 @@ fn same_type(a: &Type, b: &Type) -> bool {
 /// Converts a delta batch to a batch of `target`, a lake table's Iceberg Arrow schema (see
 /// [`arrow_schema`]).
 ///
-/// Data columns are matched by name: a column of `target` the batch lacks (the table has evolved
-/// past the batch's schema) is all nulls; a data column of the batch that `target` lacks, or has
-/// with another type, is an [`Error::Schema`]. An `_hlc` of 2^63 or more is refused.
+/// Every column is matched by name: a column of `target` the batch lacks (the table has evolved
+/// past the batch's schema, or `_versions` of a delta batch) is all nulls; a data column of the
+/// batch that `target` lacks, or has with another type, is an [`Error::Schema`]. `_hlc_time` is
+/// derived from `_hlc`. An `_hlc` of 2^63 or more is refused. `batch` may also be a kernel base
+/// batch (`lakesync_operators::compact`), whose trailing `_versions` goes to the table's
+/// `_versions`.
 pub fn to_iceberg_batch(batch: &RecordBatch, target: &SchemaRef) -> Result<RecordBatch> {
     let cols = DeltaColumns::new(batch)?;
-    if target.fields().len() < RESERVED {
-        return Err(Error::internal(
-            "Iceberg Arrow schema has fewer columns than the reserved ones",
-        ));
-    }
     if let Some(max) = arrow::compute::max(cols.hlc)
         && max > i64::MAX as u64
     {
@@ -353,30 +406,32 @@ pub fn to_iceberg_batch(batch: &RecordBatch, target: &SchemaRef) -> Result<Recor
             }
         }
     }
-    let reserved: [&ArrayRef; RESERVED] = [
-        batch.column(0),
-        batch.column(1),
-        batch.column(2),
-        batch.column(3),
-        batch.column(4),
-        batch.column(5),
-    ];
     let mut columns = Vec::with_capacity(target.fields().len());
-    for (i, field) in target.fields().iter().enumerate() {
-        let array = if i < RESERVED {
-            Some(reserved[i].clone())
-        } else if i == RESERVED && field.name() == HLC_TIME {
+    for field in target.fields() {
+        let name = field.name().as_str();
+        let array = if let Some(i) = LAKE_RESERVED.iter().position(|r| *r == name) {
+            // The delta contract's reserved columns are positional (checked above).
+            Some(batch.column(i).clone())
+        } else if name == HLC_TIME {
             Some(hlc_time(cols.hlc, field.data_type()))
         } else {
             source
-                .index_of(field.name())
+                .index_of(name)
                 .ok()
+                .filter(|&j| j >= RESERVED)
                 .map(|j| batch.column(j).clone())
         };
         columns.push(match array {
             Some(array) => cast_to(&array, field, "delta batch")?,
             None => new_null_array(field.data_type(), batch.num_rows()),
         });
+    }
+    for name in LAKE_RESERVED {
+        if target.field_with_name(name).is_err() {
+            return Err(Error::internal(format!(
+                "the lake table's Iceberg Arrow schema has no reserved column {name:?}"
+            )));
+        }
     }
     RecordBatch::try_new(target.clone(), columns)
         .map_err(|e| Error::internal(format!("building an Iceberg batch: {e}")))
@@ -477,6 +532,37 @@ pub fn to_delta_batch(table: &TableSchema, batch: &RecordBatch) -> Result<Record
     Ok(out)
 }
 
+/// Converts base rows read from a lake table (rows whose `_versions` is not null) to a kernel
+/// base batch of `table` (`lakesync_operators::compact::base_schema`): [`to_delta_batch`], then
+/// `_versions` as `List<Binary>`.
+pub fn to_base_batch(table: &TableSchema, batch: &RecordBatch) -> Result<RecordBatch> {
+    let deltas = to_delta_batch(table, batch)?;
+    let versions = batch
+        .schema_ref()
+        .index_of(VERSIONS)
+        .map_err(|_| {
+            Error::invalid(
+                "lake batch",
+                format!("table {:?} has no {VERSIONS:?} column", table.table),
+            )
+        })
+        .map(|j| batch.column(j))?;
+    let field = Field::new(VERSIONS, versions_type(), false);
+    if !compatible(versions.data_type(), field.data_type()) {
+        return Err(Error::schema(format!(
+            "table {:?} column {VERSIONS:?} is {} in the lake, expected a list of binary",
+            table.table,
+            versions.data_type()
+        )));
+    }
+    let versions = cast_to(versions, &field, "lake batch")?;
+    let schema = crate::kernel::compact::base_schema(table);
+    let mut columns = deltas.columns().to_vec();
+    columns.push(versions);
+    RecordBatch::try_new(schema, columns)
+        .map_err(|e| Error::invalid("lake batch", format!("table {:?}: {e}", table.table)))
+}
+
 /// Casts `array` to `field`'s type, keeping `field`'s nested field names and metadata (a cast
 /// to a list type takes the target's element field). Values that do not fit become nulls,
 /// which the callers check for.
@@ -520,6 +606,7 @@ fn compatible(from: &DataType, to: &DataType) -> bool {
             D::FixedSizeBinary(32) | D::Binary | D::LargeBinary | D::BinaryView,
             D::FixedSizeBinary(32),
         ) => true,
+        (D::Binary | D::LargeBinary | D::BinaryView, D::Binary | D::LargeBinary) => true,
         (
             D::List(a) | D::LargeList(a) | D::ListView(a) | D::LargeListView(a),
             D::List(b) | D::LargeList(b),
@@ -613,6 +700,7 @@ mod tests {
                 "_delta_id",
                 "_set",
                 "_hlc_time",
+                "_versions",
                 "title",
                 "done",
                 "priority",
@@ -629,10 +717,11 @@ mod tests {
         assert_eq!(types[3], "long");
         assert_eq!(types[4], "fixed(32)");
         assert_eq!(types[6], "timestamptz");
-        assert_eq!(types[9], "long");
-        assert_eq!(types[10], "double");
-        assert_eq!(types[11], "timestamptz");
-        assert_eq!(types[12], "string");
+        assert_eq!(types[7], "list");
+        assert_eq!(types[10], "long");
+        assert_eq!(types[11], "double");
+        assert_eq!(types[12], "timestamptz");
+        assert_eq!(types[13], "string");
         let spec = partition_spec(&schema).unwrap();
         assert_eq!(spec.fields().len(), 1);
         assert_eq!(spec.fields()[0].name, HLC_DAY);
@@ -722,6 +811,46 @@ mod tests {
     }
 
     #[test]
+    fn reserved_columns_are_found_by_name_wherever_they_are() {
+        // An older table: no _hlc_time, data columns, then _versions added by evolution.
+        let mut fields = reserved_fields();
+        let mut id = 100;
+        for column in &todos().columns {
+            id += 1;
+            fields.push(
+                NestedField::optional(id, &column.name, iceberg_type(column.column_type))
+                    .with_doc(type_doc(column.column_type))
+                    .into(),
+            );
+        }
+        fields.push(versions_field(200));
+        let old = Schema::builder().with_fields(fields).build().unwrap();
+        assert!(has_versions(&old));
+        assert_eq!(table_schema_of("todos", &old).unwrap(), todos());
+        let target = arrow_schema(&old).unwrap();
+        let batch = sample();
+        let iceberg = to_iceberg_batch(&batch, &target).unwrap();
+        assert_eq!(
+            iceberg.column(iceberg.num_columns() - 1).null_count(),
+            batch.num_rows()
+        );
+        assert_eq!(to_delta_batch(&todos(), &iceberg).unwrap(), batch);
+    }
+
+    #[test]
+    fn base_batches_round_trip_through_the_iceberg_form() {
+        use crate::kernel::compact::{base_to_state, state_to_base};
+        let state = crate::kernel::merge::merge(&todos(), None, &[sample()]).unwrap();
+        let base = state_to_base(&todos(), &state).unwrap();
+        let target = arrow_schema(&iceberg_schema(&todos()).unwrap()).unwrap();
+        let iceberg = to_iceberg_batch(&base, &target).unwrap();
+        assert_eq!(iceberg.column_by_name(VERSIONS).unwrap().null_count(), 0);
+        let back = to_base_batch(&todos(), &iceberg).unwrap();
+        assert_eq!(back, base);
+        assert_eq!(base_to_state(&todos(), &back).unwrap(), state);
+    }
+
+    #[test]
     fn hlc_beyond_a_long_is_refused() {
         let mut d = delta(DeltaOp::Delete, "r", vec![], 0);
         d.hlc = HlcTimestamp(u64::MAX);
@@ -733,7 +862,14 @@ mod tests {
 
     #[test]
     fn names_iceberg_reserves_are_refused() {
-        for name in ["_rowid", "_file", "_pos", "_deleted"] {
+        for name in [
+            "_rowid",
+            "_file",
+            "_pos",
+            "_deleted",
+            "_versions",
+            "_hlc_time",
+        ] {
             let table = TableSchema::new("t", vec![ColumnDef::new(name, ColumnType::String)]);
             let err = iceberg_schema(&table).unwrap_err().to_string();
             assert!(

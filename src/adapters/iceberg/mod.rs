@@ -10,13 +10,23 @@
 //! - [`sink`]: [`IcebergSink`], which makes every epoch one real snapshot per table, whose
 //!   manifests reference the Parquet data files, so that any Iceberg reader sees the rows.
 //!
+//! - [`read`]: a table's base rows and deltas at a snapshot, and the row state they merge to;
+//! - [`compact`]: compaction, deltas replaced by base rows in one `replace` snapshot;
+//! - [`maintenance`]: snapshot expiry and orphan-file clean-up;
+//! - [`command`]: `lakesync lake compact|expire|clean-orphans`.
+//!
 //! [`crate::query`] reads the same tables with DataFusion.
 
 pub mod catalog;
 pub mod checkpoint;
+pub mod command;
+pub mod compact;
+pub mod maintenance;
 pub mod mapping;
+pub mod read;
 pub mod sink;
 pub mod storage;
+mod write;
 
 pub use catalog::{DEFAULT_CATALOG_NAME, IcebergCatalogConfig, connect};
 pub use sink::IcebergSink;

@@ -8,7 +8,8 @@
 //! is *ahead* of the pipeline's schema (another writer added columns) is used as it is: the
 //! columns the batches lack are written as nulls.
 //!
-//! **Writes.** [`Sink::write`] converts each delta batch to the table's Iceberg Arrow form at
+//! **Writes.** Deltas are written with a null `_versions` (that column is for compaction's base
+//! rows, see [`super::compact`]). [`Sink::write`] converts each delta batch to the table's Iceberg Arrow form at
 //! once (so a bad batch fails where it was written) and buffers it; an epoch is held in memory
 //! until its commit.
 //!
@@ -16,12 +17,9 @@
 //! table with buffered rows, in table-name order:
 //! 1. reloads the table and reads its *epoch mark* for this (pipeline, sink); if the mark is at
 //!    or past `e`, the epoch is a replay after a crash and the buffer is dropped;
-//! 2. writes the buffer as Parquet data files through iceberg-rust's writer stack
-//!    (`ParquetWriterBuilder` → `RollingFileWriterBuilder` → `DataFileWriterBuilder`, zstd, file
-//!    names unique per commit); on a partitioned table a `FanoutWriter` keeps one writer per
-//!    partition, so every data file holds one day and carries its partition value (a batch
-//!    within one day goes to its day whole; others are split by iceberg-rust's
-//!    `RecordBatchPartitionSplitter`, which also serves specs other writers evolved to);
+//! 2. writes the buffer as Parquet data files through iceberg-rust's writer stack (shared with
+//!    compaction: see `write.rs`; zstd, file names unique per commit, on a partitioned table one
+//!    writer per day, so every data file holds one day and carries its partition value);
 //! 3. commits ONE `fast_append` snapshot whose summary carries `lakesync.pipeline`,
 //!    `lakesync.sink` and `lakesync.epoch`, and, in the same metadata swap, the table property
 //!    `lakesync.epoch.<pipeline>.<sink>` = `e`. The snapshot's manifest list references a new
@@ -50,31 +48,16 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
-use arrow::array::{Array, ArrayRef, AsArray, RecordBatch};
-use arrow::datatypes::{SchemaRef, TimestampMicrosecondType};
+use arrow::array::RecordBatch;
+use arrow::datatypes::SchemaRef;
 use async_trait::async_trait;
-use iceberg::arrow::RecordBatchPartitionSplitter;
-use iceberg::spec::{
-    DataFile, DataFileFormat, Literal, PartitionKey, PartitionSpec, Schema, Struct, TableMetadata,
-    Transform,
-};
+use iceberg::spec::{DataFile, TableMetadata};
 use iceberg::table::Table;
 use iceberg::transaction::{ApplyTransactionAction, Transaction};
-use iceberg::writer::base_writer::data_file_writer::DataFileWriterBuilder;
-use iceberg::writer::file_writer::ParquetWriterBuilder;
-use iceberg::writer::file_writer::location_generator::{
-    DefaultFileNameGenerator, DefaultLocationGenerator,
-};
-use iceberg::writer::file_writer::rolling_writer::RollingFileWriterBuilder;
-use iceberg::writer::partitioning::PartitioningWriter;
-use iceberg::writer::partitioning::fanout_writer::FanoutWriter;
-use iceberg::writer::{IcebergWriter, IcebergWriterBuilder};
 use iceberg::{
     Catalog, ErrorKind as IcebergErrorKind, Namespace, NamespaceIdent, TableCommit, TableCreation,
     TableIdent,
 };
-use parquet::basic::{Compression, ZstdLevel};
-use parquet::file::properties::WriterProperties;
 
 use super::catalog::{IcebergCatalogConfig, connect};
 use super::mapping;
@@ -423,83 +406,16 @@ impl IcebergSink {
         state: &LakeTable,
         epoch: u64,
     ) -> iceberg::Result<Vec<DataFile>> {
-        let properties = WriterProperties::builder()
-            .set_compression(Compression::ZSTD(ZstdLevel::default()))
-            .build();
-        let parquet = ParquetWriterBuilder::new(properties, state.iceberg_schema.clone());
-        let rolling = RollingFileWriterBuilder::new_with_default_file_size(
-            parquet,
-            table.file_io().clone(),
-            DefaultLocationGenerator::new(table.metadata())?,
-            DefaultFileNameGenerator::new(
-                file_prefix(&self.pipeline, &self.sink, epoch),
-                None,
-                DataFileFormat::Parquet,
-            ),
-        );
-        let data_files = DataFileWriterBuilder::new(rolling);
-        let spec = table.metadata().default_partition_spec();
-        if spec.is_unpartitioned() {
-            let mut writer = data_files.build(None).await?;
-            for batch in &state.buffer {
-                writer.write(batch.clone()).await?;
-            }
-            return writer.close().await;
-        }
-        // One data file (or more, rolling) per partition, each DataFile carrying its partition
-        // value and spec id, under `data/<partition path>/`. A batch within one day (the common
-        // case: live changes) goes whole to that day's writer; others are split row by row by
-        // iceberg-rust's splitter, which also handles any spec another writer evolved to.
-        let schema = table.metadata().current_schema().clone();
-        let day_column = hlc_day_column(spec, &schema, &state.arrow);
-        let mut splitter = None;
-        let mut writer = FanoutWriter::new(data_files);
-        for batch in &state.buffer {
-            if let Some(day) = day_column.and_then(|i| single_day(batch.column(i))) {
-                let value = Struct::from_iter([Some(Literal::date(day))]);
-                let key = PartitionKey::new(spec.as_ref().clone(), schema.clone(), value);
-                writer.write(key, batch.clone()).await?;
-                continue;
-            }
-            if splitter.is_none() {
-                splitter = Some(RecordBatchPartitionSplitter::try_new_with_computed_values(
-                    schema.clone(),
-                    spec.clone(),
-                )?);
-            }
-            if let Some(splitter) = &splitter {
-                for (key, part) in splitter.split(batch)? {
-                    writer.write(key, part).await?;
-                }
-            }
-        }
-        writer.close().await
+        super::write::write_data_files(
+            table,
+            state.iceberg_schema.clone(),
+            &state.arrow,
+            &state.buffer,
+            file_prefix(&self.pipeline, &self.sink, epoch),
+            None,
+        )
+        .await
     }
-}
-
-/// The position of `_hlc_time` in the table's batches when the partition spec is exactly
-/// LakeSync's `day(_hlc_time)`; `None` for any other spec.
-fn hlc_day_column(spec: &PartitionSpec, schema: &Schema, arrow: &SchemaRef) -> Option<usize> {
-    let [field] = spec.fields() else {
-        return None;
-    };
-    let source = schema.field_by_name(mapping::HLC_TIME)?;
-    (field.transform == Transform::Day && field.source_id == source.id)
-        .then(|| arrow.index_of(mapping::HLC_TIME).ok())
-        .flatten()
-}
-
-/// The day (since the Unix epoch) of every value of a `_hlc_time` column, when they all fall
-/// on one day.
-fn single_day(column: &ArrayRef) -> Option<i32> {
-    const MICROS_PER_DAY: i64 = 86_400_000_000;
-    let times = column.as_primitive_opt::<TimestampMicrosecondType>()?;
-    if times.null_count() > 0 {
-        return None;
-    }
-    let first = arrow::compute::min(times)?.div_euclid(MICROS_PER_DAY);
-    let last = arrow::compute::max(times)?.div_euclid(MICROS_PER_DAY);
-    (first == last).then(|| i32::try_from(first).ok()).flatten()
 }
 
 /// A data-file name prefix unique to this commit: epoch, pipeline and sink for people reading

@@ -322,6 +322,85 @@ impl ObjectStoreStorage {
     }
 }
 
+/// One object found by [`list_objects`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ListedObject {
+    /// Its location, in the scheme of the listed prefix (`s3://bucket/key`, or an absolute
+    /// local path when the prefix was a local one).
+    pub location: String,
+    /// Its size in bytes.
+    pub size: u64,
+    /// When it was last written.
+    pub last_modified: chrono::DateTime<chrono::Utc>,
+}
+
+/// Every object under the location `prefix` (an `s3://` URL, as in [`ObjectStoreStorage`], with
+/// `s3`'s settings; or a local directory), recursively. A missing local directory lists nothing.
+pub async fn list_objects(prefix: &str, s3: &S3Config) -> Result<Vec<ListedObject>> {
+    let failed = |e: object_store::Error| Error::External {
+        system: "object storage",
+        message: format!("listing {prefix}: {e}"),
+        retryable: is_transient(&e),
+        source: Some(Box::new(e)),
+    };
+    let (store, path, local): (Arc<dyn ObjectStore>, Option<ObjectPath>, bool) =
+        if let Some((bucket, key)) = split_s3_url(prefix) {
+            let key = key.trim_end_matches('/');
+            let path = (!key.is_empty()).then(|| ObjectPath::from(key));
+            (s3.store(bucket)?, path, false)
+        } else {
+            let local = prefix
+                .strip_prefix("file://")
+                .or_else(|| prefix.strip_prefix("file:"))
+                .unwrap_or(prefix);
+            if !local.starts_with('/') {
+                return Err(Error::invalid(
+                    "lake location",
+                    format!("{prefix:?} is neither an s3:// URL nor an absolute local path"),
+                ));
+            }
+            let local = normalise_local(local);
+            if !std::path::Path::new(&local).exists() {
+                return Ok(Vec::new());
+            }
+            let path = ObjectPath::from_absolute_path(&local)
+                .map_err(|e| Error::invalid("lake location", format!("{prefix:?}: {e}")))?;
+            (Arc::new(LocalFileSystem::new()), Some(path), true)
+        };
+    let bucket = split_s3_url(prefix).map(|(b, _)| b.to_string());
+    let mut listing = store.list(path.as_ref());
+    let mut out = Vec::new();
+    while let Some(meta) = listing.next().await {
+        let meta = meta.map_err(failed)?;
+        let location = match (&bucket, local) {
+            (Some(bucket), _) => format!("s3://{bucket}/{}", meta.location),
+            (None, _) => format!("/{}", meta.location),
+        };
+        out.push(ListedObject {
+            location,
+            size: meta.size,
+            last_modified: meta.last_modified,
+        });
+    }
+    Ok(out)
+}
+
+/// An absolute local path with its `.` and `..` segments resolved lexically (symbolic links are
+/// not followed), so that two spellings of one file compare equal.
+pub fn normalise_local(path: &str) -> String {
+    let mut parts: Vec<&str> = Vec::new();
+    for part in path.split('/') {
+        match part {
+            "" | "." => {}
+            ".." => {
+                parts.pop();
+            }
+            other => parts.push(other),
+        }
+    }
+    format!("/{}", parts.join("/"))
+}
+
 /// The object key `key` as an `object_store` path, kept as it is when it is valid (so names
 /// other writers chose, with `%` or `=` in them, are found), else percent-encoded.
 fn object_path(key: &str) -> std::result::Result<ObjectPath, String> {
