@@ -87,7 +87,8 @@ enum Command {
         warehouse: Option<PathBuf>,
         /// Time travel: tables are their rows (LWW state) once every delta up to this moment
         /// (an HLC, or an RFC 3339 time) was merged.
-        #[arg(long, value_name = "HLC|TIME", conflicts_with_all = ["snapshot", "changes_from", "state"])]
+        /// With --snapshot, within that snapshot.
+        #[arg(long, value_name = "HLC|TIME", conflicts_with_all = ["changes_from", "state"])]
         as_of: Option<String>,
         /// Time travel: tables are their rows (LWW state) in this Iceberg snapshot.
         #[arg(long, value_name = "ID", conflicts_with_all = ["changes_from", "state"])]
@@ -240,10 +241,11 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             state,
         } => {
             use lakesync::query::{LakeView, parse_moment};
-            let view = if let Some(moment) = as_of {
-                Some(LakeView::AsOfHlc(parse_moment(&moment)?))
-            } else if let Some(id) = snapshot {
-                Some(LakeView::AsOfSnapshot(id))
+            let view = if as_of.is_some() || snapshot.is_some() {
+                Some(LakeView::AsOf {
+                    snapshot,
+                    hlc: as_of.as_deref().map(parse_moment).transpose()?,
+                })
             } else if let Some(from) = changes_from {
                 let to = match changes_to {
                     Some(to) => parse_moment(&to)?,
@@ -292,7 +294,10 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
         Command::Lake(args) => {
             let location = args.location;
             let (config, namespace) = match location.pipeline {
-                Some(file) => lake_of(&file)?,
+                Some(file) => {
+                    let (lake, _) = lake_of(&file)?;
+                    (lake.catalog, lake.namespace)
+                }
                 None => (
                     IcebergCatalogConfig::sql(
                         location

@@ -2,19 +2,26 @@
 //! changes between two moments, rather than over its raw deltas.
 //!
 //! A [`LakeView`] says what each table name means in a query:
-//! - [`LakeView::AsOfHlc`]`(h)`: the rows as they were once every delta with HLC ≤ `h` was
-//!   merged (column-level LWW, deleted rows left out): columns `_row_id`, `_hlc` (the newest HLC
-//!   merged into the row), then the table's data columns;
-//! - [`LakeView::AsOfSnapshot`]`(id)`: the same, from the deltas of one Iceberg snapshot;
+//! - [`LakeView::AsOf`]`{hlc: Some(h), ..}`: the rows as they were once every delta with
+//!   HLC ≤ `h` was merged (column-level LWW, deleted rows left out): columns `_row_id`, `_hlc`
+//!   (the newest HLC merged into the row), then the table's data columns;
+//! - [`LakeView::AsOf`]`{snapshot: Some(id), ..}`: the same, from one Iceberg snapshot;
 //! - [`LakeView::Latest`]: the same, from the current snapshot (and the hot tier, if any);
 //! - [`LakeView::Changes`]`{from, to}`: the deltas with `from < hlc ≤ to`, in the delta contract
 //!   (`_op` 1 INSERT, 2 UPDATE, 3 DELETE; `_row_id`, `_client_id`, `_hlc`, `_delta_id`, `_set`,
 //!   data columns), oldest first.
 //!
-//! The deltas come from the lake table's snapshot (Iceberg pushes an `_hlc` bound down to the
-//! Parquet row groups) and, when [`HotTier`]s are given, from the hot side of a tier: the union
-//! of both, each delta once (a delta the hot tier still holds after it was migrated counts once
-//! — by deltaId).
+//! The rows come from the lake table's snapshot through [`read_table`]: the base rows a
+//! compaction left (exact row state with every version key) and the deltas flushed since, and,
+//! when a [`HotTier`] is given, from the hot side of a tier: the union of both, each delta once
+//! (a delta the hot tier still holds after it was migrated counts once — by deltaId).
+//!
+//! **Compaction is a history horizon.** A compaction folds the deltas it read into base rows,
+//! so the current snapshot can answer "as of HLC h" and "changes after h" exactly only for
+//! `h` at or after the compaction's `lakesync.compacted-through-hlc`. Earlier moments are in the
+//! snapshots before the compaction (until they are expired); a read that would need them is
+//! refused with the command that reads them (`--snapshot <id> --as-of <h>`), never answered
+//! from partial history.
 //!
 //! [`register`] computes the views for the tables a statement names and registers them as
 //! in-memory tables of the session's default schema, so `SELECT … FROM tasks` reads the view,
@@ -28,17 +35,14 @@ use arrow::compute::filter_record_batch;
 use arrow::datatypes::UInt64Type;
 use datafusion::catalog::MemTable;
 use datafusion::prelude::SessionContext;
-use futures::TryStreamExt;
-use iceberg::expr::Reference;
-use iceberg::spec::Datum;
 use iceberg::table::Table;
 use iceberg::{Catalog, NamespaceIdent, TableIdent};
 
-use crate::adapters::iceberg::mapping;
+use crate::adapters::iceberg::compact::{COMPACTED_THROUGH_PROPERTY, OPERATION_PROPERTY};
+use crate::adapters::iceberg::read::{ReadOptions, read_table};
 use crate::kernel::delta_batch::{DELTA_ID, HLC};
 use crate::kernel::hlc::HlcTimestamp;
 use crate::kernel::merge::merge;
-use crate::kernel::schema::TableSchema;
 use crate::kernel::state::{DELETED, RESERVED as STATE_RESERVED};
 use crate::{Error, Result};
 
@@ -47,10 +51,14 @@ use crate::{Error, Result};
 pub enum LakeView {
     /// The current state (lake and hot tier).
     Latest,
-    /// The state once every delta with HLC ≤ this was merged.
-    AsOfHlc(u64),
-    /// The state of one Iceberg snapshot.
-    AsOfSnapshot(i64),
+    /// The state of one Iceberg snapshot (`None`: the current one), and of its deltas only
+    /// those with HLC ≤ `hlc` when given.
+    AsOf {
+        /// The snapshot; the current one (plus the hot tier) when `None`.
+        snapshot: Option<i64>,
+        /// Merge only the deltas with HLC ≤ this.
+        hlc: Option<u64>,
+    },
     /// The deltas with `from < hlc ≤ to`.
     Changes {
         /// Exclusive lower bound.
@@ -92,66 +100,50 @@ fn iceberg_error(what: String, e: iceberg::Error) -> Error {
     }
 }
 
-/// The deltas of `table` in `snapshot` (or its current one) with `lo < hlc ≤ hi`, as delta
-/// batches of `schema`.
-async fn lake_deltas(
-    table: &Table,
-    schema: &TableSchema,
-    snapshot: Option<i64>,
-    lo: Option<u64>,
-    hi: Option<u64>,
-) -> Result<Vec<RecordBatch>> {
-    let snapshot = snapshot.or(table.metadata().current_snapshot_id());
+/// The newest compaction in the ancestry of `snapshot`: its snapshot id, its parent's, and the
+/// highest HLC it compacted.
+fn last_compaction(table: &Table, snapshot: i64) -> Option<(i64, Option<i64>, u64)> {
+    let metadata = table.metadata();
+    let mut next = metadata.snapshot_by_id(snapshot);
+    while let Some(s) = next {
+        let props = &s.summary().additional_properties;
+        if props.get(OPERATION_PROPERTY).map(String::as_str) == Some("compact") {
+            let through = props
+                .get(COMPACTED_THROUGH_PROPERTY)
+                .and_then(|h| h.parse().ok())
+                .unwrap_or(u64::MAX);
+            return Some((s.snapshot_id(), s.parent_snapshot_id(), through));
+        }
+        next = s
+            .parent_snapshot_id()
+            .and_then(|p| metadata.snapshot_by_id(p));
+    }
+    None
+}
+
+/// Refuses a read that needs deltas compaction has folded away: everything at or below
+/// `from_hlc` (exclusive lower bound of what must be exact) is fine only when the snapshot's last
+/// compaction went no further than `from_hlc`.
+fn check_history(table: &Table, snapshot: Option<i64>, from_hlc: u64, what: &str) -> Result<()> {
     let Some(snapshot) = snapshot else {
-        return Ok(Vec::new());
+        return Ok(());
     };
-    if table.metadata().snapshot_by_id(snapshot).is_none() {
+    if let Some((compaction, parent, through)) = last_compaction(table, snapshot)
+        && from_hlc < through
+    {
+        let before = parent.map_or_else(
+            || "no earlier snapshot is kept".to_string(),
+            |p| format!("read the snapshot before it with --snapshot {p}"),
+        );
         return Err(Error::invalid(
             "time travel",
             format!(
-                "table {} has no snapshot {snapshot} (expired, or never made); its snapshots: {:?}",
-                table.identifier(),
-                table
-                    .metadata()
-                    .snapshots()
-                    .map(|s| s.snapshot_id())
-                    .collect::<Vec<_>>()
+                "table {} was compacted through HLC {through} (snapshot {compaction}), so {what}                  is no longer in its current snapshot; {before}, or ask for a moment at or after                  HLC {through}",
+                table.identifier()
             ),
         ));
     }
-    let mut scan = table.scan().select_all().snapshot_id(snapshot);
-    let hlc = Reference::new(HLC);
-    let bound = |h: u64| {
-        i64::try_from(h)
-            .map(Datum::long)
-            .map_err(|_| Error::invalid("time travel", format!("HLC {h} is out of range")))
-    };
-    match (lo, hi) {
-        (Some(lo), Some(hi)) => {
-            scan = scan.with_filter(
-                hlc.clone()
-                    .greater_than(bound(lo)?)
-                    .and(hlc.less_than_or_equal_to(bound(hi)?)),
-            );
-        }
-        (Some(lo), None) => scan = scan.with_filter(hlc.greater_than(bound(lo)?)),
-        (None, Some(hi)) => scan = scan.with_filter(hlc.less_than_or_equal_to(bound(hi)?)),
-        (None, None) => {}
-    }
-    let ident = table.identifier();
-    let batches: Vec<RecordBatch> = scan
-        .build()
-        .map_err(|e| iceberg_error(format!("planning a scan of {ident}"), e))?
-        .to_arrow()
-        .await
-        .map_err(|e| iceberg_error(format!("scanning {ident}"), e))?
-        .try_collect()
-        .await
-        .map_err(|e| iceberg_error(format!("reading {ident}"), e))?;
-    batches
-        .iter()
-        .map(|b| mapping::to_delta_batch(schema, b))
-        .collect()
+    Ok(())
 }
 
 /// Keeps the deltas of `batches` with `lo < hlc ≤ hi` whose deltaId is not in `seen` (adding
@@ -220,11 +212,9 @@ pub async fn table_view(
         .load_table(ident)
         .await
         .map_err(|e| iceberg_error(format!("loading lake table {ident}"), e))?;
-    let schema = mapping::table_schema_of(ident.name(), table.metadata().current_schema())?;
-    let (snapshot, lo, hi) = match view {
-        LakeView::Latest => (None, None, None),
-        LakeView::AsOfHlc(h) => (None, None, Some(h)),
-        LakeView::AsOfSnapshot(id) => (Some(id), None, None),
+    let (snapshot, hlc_filter, skip_base) = match view {
+        LakeView::Latest => (None, None, false),
+        LakeView::AsOf { snapshot, hlc } => (snapshot, hlc.map(|h| (0, h)), false),
         LakeView::Changes { from, to } => {
             if from >= to {
                 return Err(Error::invalid(
@@ -232,27 +222,61 @@ pub async fn table_view(
                     format!("the changes window is empty: from {from} is not before to {to}"),
                 ));
             }
-            (None, Some(from), Some(to))
+            (None, Some((from, to)), true)
         }
     };
-    let cold = lake_deltas(&table, &schema, snapshot, lo, hi).await?;
+    let rows = read_table(
+        &table,
+        ReadOptions {
+            snapshot,
+            hlc_filter,
+            skip_base,
+        },
+    )
+    .await?;
+    match view {
+        LakeView::AsOf { hlc: Some(h), .. } => check_history(
+            &table,
+            rows.snapshot_id,
+            h,
+            &format!("the state as of HLC {h}"),
+        )?,
+        LakeView::Changes { from, .. } => check_history(
+            &table,
+            rows.snapshot_id,
+            from,
+            &format!("every change after HLC {from}"),
+        )?,
+        _ => {}
+    }
+    let (lo, hi) = match hlc_filter {
+        Some((lo, hi)) => (Some(lo), Some(hi)),
+        None => (None, None),
+    };
     let mut seen = HashSet::new();
-    let mut deltas = fresh(&cold, None, None, &mut seen)?;
-    // A snapshot is the lake's past: the hot tier's present does not belong in it.
-    if !matches!(view, LakeView::AsOfSnapshot(_)) {
+    let mut deltas = fresh(&rows.deltas, None, None, &mut seen)?;
+    // A named snapshot is the lake's past: the hot tier's present does not belong in it.
+    if !matches!(
+        view,
+        LakeView::AsOf {
+            snapshot: Some(_),
+            ..
+        }
+    ) {
         deltas.extend(fresh(hot, lo, hi, &mut seen)?);
     }
+    let schema = &rows.schema;
     match view {
         LakeView::Changes { .. } => {
-            let schema_ref = crate::kernel::delta_batch::delta_schema(&schema);
+            let schema_ref = crate::kernel::delta_batch::delta_schema(schema);
             let aligned = deltas
                 .iter()
-                .map(|b| crate::gateway::push::conform(&schema, b))
+                .map(|b| crate::gateway::push::conform(schema, b))
                 .collect::<Result<Vec<_>>>()?;
             let all = arrow::compute::concat_batches(&schema_ref, &aligned)?;
             by_hlc(&all)
         }
-        _ => state_view(&merge(&schema, None, &deltas)?),
+        _ => state_view(&merge(schema, rows.base.as_ref(), &deltas)?),
     }
 }
 

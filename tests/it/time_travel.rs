@@ -96,9 +96,18 @@ async fn as_of_hlc_snapshot_and_changes_agree_with_a_merge_of_the_deltas() {
     // As of an HLC in the middle of the second epoch: exactly the merge of the deltas up to it.
     let h = deltas[1_500].hlc.0;
     let upto: Vec<RowDelta> = deltas.iter().filter(|d| d.hlc.0 <= h).cloned().collect();
-    let got = query_view(&config, "lakesync", LakeView::AsOfHlc(h), &none, STATE_SQL)
-        .await
-        .expect("as of");
+    let got = query_view(
+        &config,
+        "lakesync",
+        LakeView::AsOf {
+            snapshot: None,
+            hlc: Some(h),
+        },
+        &none,
+        STATE_SQL,
+    )
+    .await
+    .expect("as of");
     assert_eq!(rows(&got), expected_state(&table, &upto));
 
     // As of the first snapshot: the first epoch's deltas.
@@ -113,7 +122,10 @@ async fn as_of_hlc_snapshot_and_changes_agree_with_a_merge_of_the_deltas() {
     let got = query_view(
         &config,
         "lakesync",
-        LakeView::AsOfSnapshot(first),
+        LakeView::AsOf {
+            snapshot: Some(first),
+            hlc: None,
+        },
         &none,
         STATE_SQL,
     )
@@ -198,11 +210,157 @@ async fn as_of_hlc_snapshot_and_changes_agree_with_a_merge_of_the_deltas() {
     let err = query_view(
         &config,
         "lakesync",
-        LakeView::AsOfSnapshot(42),
+        LakeView::AsOf {
+            snapshot: Some(42),
+            hlc: None,
+        },
         &none,
         STATE_SQL,
     )
     .await
     .unwrap_err();
     assert!(err.to_string().contains("no snapshot 42"), "{err}");
+}
+
+#[tokio::test]
+async fn after_compaction_time_travel_agrees_with_a_replay_and_refuses_folded_history() {
+    use lakesync::adapters::iceberg::compact::{CompactionOptions, compact_table};
+    let dir = tempfile::tempdir().expect("temp dir");
+    let config = IcebergCatalogConfig::sql(dir.path().join("c.db"), dir.path().join("wh"));
+    let table: TableRef = Arc::new(tasks_schema());
+    let deltas = Workload::new(300, 5, 21).deltas(4_000, WALL_MS);
+    let mut sink = IcebergSink::connect(&config, "lakesync", "p", "lake")
+        .await
+        .expect("sink");
+    sink.prepare(std::slice::from_ref(&table))
+        .await
+        .expect("prepare");
+    let mut epoch = 0;
+    for part in deltas[..3_000].chunks(1_000) {
+        epoch += 1;
+        flush(&mut sink, &table, epoch, part).await;
+    }
+    let catalog = lakesync::adapters::iceberg::connect(&config)
+        .await
+        .expect("catalogue");
+    let ident = ::iceberg::TableIdent::from_strs(["lakesync", "tasks"]).expect("ident");
+    let before = catalog.load_table(&ident).await.expect("table");
+    let pre_compaction = before.metadata().current_snapshot_id().expect("a snapshot");
+    let report = compact_table(&catalog, &ident, &CompactionOptions::default())
+        .await
+        .expect("compact");
+    let through = deltas[..3_000]
+        .iter()
+        .map(|d| d.hlc.0)
+        .max()
+        .expect("deltas");
+    // Deltas after the compaction, including late ones (HLCs older than the horizon).
+    let mut after = deltas[3_000..].to_vec();
+    after.extend(Workload::new(300, 5, 22).deltas(200, WALL_MS));
+    flush(&mut sink, &table, epoch + 1, &after).await;
+    let mut all = deltas[..3_000].to_vec();
+    all.extend(after.iter().cloned());
+    let none = HotTier::default();
+    assert!(report.to_string().contains("compact"), "{report}");
+
+    // The current state is the replay of every delta.
+    let got = query_view(&config, "lakesync", LakeView::Latest, &none, STATE_SQL)
+        .await
+        .expect("latest");
+    assert_eq!(rows(&got), expected_state(&table, &all));
+
+    // As of a moment at or after the horizon: exact.
+    let h = deltas[3_500].hlc.0;
+    assert!(h >= through);
+    let upto: Vec<RowDelta> = all.iter().filter(|d| d.hlc.0 <= h).cloned().collect();
+    let got = query_view(
+        &config,
+        "lakesync",
+        LakeView::AsOf {
+            snapshot: None,
+            hlc: Some(h),
+        },
+        &none,
+        STATE_SQL,
+    )
+    .await
+    .expect("as of after the horizon");
+    assert_eq!(rows(&got), expected_state(&table, &upto));
+
+    // Before the horizon: refused, naming the snapshot that still holds the history, which
+    // answers exactly for the deltas it holds.
+    let early = deltas[1_200].hlc.0;
+    let err = query_view(
+        &config,
+        "lakesync",
+        LakeView::AsOf {
+            snapshot: None,
+            hlc: Some(early),
+        },
+        &none,
+        STATE_SQL,
+    )
+    .await
+    .unwrap_err();
+    assert!(
+        err.to_string()
+            .contains(&format!("--snapshot {pre_compaction}")),
+        "{err}"
+    );
+    let got = query_view(
+        &config,
+        "lakesync",
+        LakeView::AsOf {
+            snapshot: Some(pre_compaction),
+            hlc: Some(early),
+        },
+        &none,
+        STATE_SQL,
+    )
+    .await
+    .expect("as of, in the snapshot before the compaction");
+    let upto: Vec<RowDelta> = deltas[..3_000]
+        .iter()
+        .filter(|d| d.hlc.0 <= early)
+        .cloned()
+        .collect();
+    assert_eq!(rows(&got), expected_state(&table, &upto));
+
+    // Changes after the horizon are exact; changes reaching before it are refused.
+    let got = query_view(
+        &config,
+        "lakesync",
+        LakeView::Changes {
+            from: through,
+            to: i64::MAX as u64,
+        },
+        &none,
+        "SELECT count(*) FROM tasks",
+    )
+    .await
+    .expect("changes after the horizon");
+    let want = all.iter().filter(|d| d.hlc.0 > through).count() as i64;
+    assert_eq!(got[0].column(0).as_primitive::<Int64Type>().value(0), want);
+    let err = query_view(
+        &config,
+        "lakesync",
+        LakeView::Changes {
+            from: early,
+            to: i64::MAX as u64,
+        },
+        &none,
+        "SELECT count(*) FROM tasks",
+    )
+    .await
+    .unwrap_err();
+    assert!(err.to_string().contains("compacted through HLC"), "{err}");
+}
+
+/// Writes `part` as epoch `epoch` of `sink`.
+async fn flush(sink: &mut IcebergSink, table: &TableRef, epoch: u64, part: &[RowDelta]) {
+    sink.begin_epoch(epoch, WALL_MS);
+    sink.write(table, deltas_to_batch(table, part).expect("batch"))
+        .await
+        .expect("write");
+    sink.commit(epoch).await.expect("commit");
 }

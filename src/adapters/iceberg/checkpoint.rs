@@ -28,7 +28,6 @@ use std::sync::Arc;
 use arrow::array::{AsArray, RecordBatch, UInt64Array};
 use arrow::compute::filter_record_batch;
 use arrow::datatypes::UInt64Type;
-use futures::TryStreamExt;
 use iceberg::io::FileIO;
 use iceberg::table::Table;
 use iceberg::{Catalog, TableIdent};
@@ -96,31 +95,11 @@ pub struct ChunkRef {
     pub file_bytes: u64,
 }
 
-/// The rows of a lake table's current snapshot as row state, and the snapshot they are of.
-///
-/// Reads every row of the snapshot and merges them with the kernel's LWW merge.
-async fn current_state(table: &Table, schema: &TableRef) -> Result<(Option<i64>, RecordBatch)> {
-    let snapshot = table.metadata().current_snapshot_id();
-    let mut deltas = Vec::new();
-    if snapshot.is_some() {
-        let stream = table
-            .scan()
-            .select_all()
-            .build()
-            .map_err(|e| io_error(format!("planning a scan of {}", table.identifier()), e))?
-            .to_arrow()
-            .await
-            .map_err(|e| io_error(format!("scanning {}", table.identifier()), e))?;
-        let batches: Vec<RecordBatch> = stream
-            .try_collect()
-            .await
-            .map_err(|e| io_error(format!("reading {}", table.identifier()), e))?;
-        for batch in &batches {
-            deltas.push(mapping::to_delta_batch(schema, batch)?);
-        }
-    }
-    let state = crate::kernel::merge::merge(schema, None, &deltas)?;
-    Ok((snapshot, state))
+/// The rows of a lake table's current snapshot as row state (base rows and the deltas since,
+/// merged), and the snapshot they are of.
+async fn current_state(table: &Table) -> Result<(Option<i64>, RecordBatch)> {
+    let (rows, state) = super::read::read_state(table, None).await?;
+    Ok((rows.snapshot_id, state))
 }
 
 /// `INSERT` snapshot deltas of the live rows of `state`.
@@ -213,7 +192,7 @@ pub async fn generate(
         ident.name(),
         table.metadata().current_schema(),
     )?);
-    let (snapshot, state) = current_state(&table, &schema).await?;
+    let (snapshot, state) = current_state(&table).await?;
     let deltas = live_snapshot(&schema, &state, snapshot)?;
     let max_hlc = deltas
         .column(3)

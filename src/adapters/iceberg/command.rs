@@ -83,6 +83,15 @@ pub enum LakeAction {
         #[arg(long)]
         dry_run: bool,
     },
+    /// Write each table's checkpoint for initial sync: its current rows in chunks of at most
+    /// `--chunk-size` encoded bytes, which a gateway with `lake_checkpoints` serves filtered.
+    Checkpoint {
+        /// Tables (default: every table in the namespace).
+        tables: Vec<String>,
+        /// The byte budget of one chunk (its encoded `SyncResponse`).
+        #[arg(long, default_value = "16MiB")]
+        chunk_size: HumanSize,
+    },
 }
 
 /// What [`run`] did: one report line per table, and how many tables failed.
@@ -105,7 +114,8 @@ pub async fn run(
     let tables = match action {
         LakeAction::Compact { tables, .. }
         | LakeAction::Expire { tables, .. }
-        | LakeAction::CleanOrphans { tables, .. } => tables,
+        | LakeAction::CleanOrphans { tables, .. }
+        | LakeAction::Checkpoint { tables, .. } => tables,
     };
     let idents = resolve(&catalog, namespace, tables).await?;
     let s3 = match config {
@@ -152,6 +162,20 @@ pub async fn run(
                 clean_orphans(&catalog, &ident, &s3, &options)
                     .await
                     .map(|r| r.to_string())
+            }
+            LakeAction::Checkpoint { chunk_size, .. } => {
+                let budget = usize::try_from(chunk_size.0).unwrap_or(usize::MAX);
+                super::checkpoint::generate(&catalog, &ident, budget)
+                    .await
+                    .map(|m| {
+                        format!(
+                            "{ident}: checkpoint of snapshot {} — {} rows in {} chunks (generation {})",
+                            m.snapshot_id.map_or("none".to_string(), |s| s.to_string()),
+                            m.rows,
+                            m.chunks.len(),
+                            m.generation
+                        )
+                    })
             }
         };
         match line {

@@ -20,7 +20,9 @@
 //! epoch, a compaction's base files, a metadata file about to be swapped in) are unreferenced
 //! until their commit: `min_age` is what protects them, so it must exceed the longest time any
 //! writer takes between writing a file and committing it (the default, an hour, is generous for
-//! the sink; raise it for compactions of very large tables). A referenced file is never deleted.
+//! the sink; raise it for compactions of very large tables). A referenced file is never deleted,
+//! nor is anything under `_lakesync_checkpoints/` (lake checkpoints, which
+//! [`super::checkpoint`] manages itself).
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -213,8 +215,12 @@ pub async fn clean_orphans(
         deleted: Vec::new(),
         elapsed: Duration::ZERO,
     };
+    let checkpoints = format!("/{}/", super::checkpoint::CHECKPOINT_DIR);
     for object in listed {
-        if referenced.contains(&canonical(&object.location)) {
+        // Lake checkpoints are LakeSync's, not Iceberg's: their manifest keeps them.
+        if referenced.contains(&canonical(&object.location))
+            || object.location.contains(&checkpoints)
+        {
             continue;
         }
         if now - object.last_modified < min_age {
