@@ -9,7 +9,9 @@
 //!    snapshot per chunk of the same size. Rows/s and MB/s (of the Arrow data) for both, and the
 //!    ratio.
 //!
-//! 2. **Checkpoints** of a table of N live rows (N inserts, written as above): generating the
+//! 2. **Compaction** of the table written in 1: every delta file replaced by one base row per
+//!    row id; rows/s and MB/s of the data read.
+//! 3. **Checkpoints** of a table of N live rows (N inserts, written as above): generating the
 //!    lake checkpoint (read the snapshot, merge, cut 16 MiB chunks, write them to S3), then
 //!    serving it through a gateway with the lake configured, as the checkpoint routes do (read
 //!    the chunks, filter by the client's sync rules, encode the protocol frames) — for a client
@@ -31,6 +33,7 @@ use arrow::array::RecordBatch;
 use arrow::ipc::writer::FileWriter;
 use iceberg::{Catalog, NamespaceIdent, TableIdent};
 use lakesync::adapters::iceberg::checkpoint::{self, DEFAULT_CHUNK_BYTES};
+use lakesync::adapters::iceberg::compact::{CompactionOptions, compact_table};
 use lakesync::adapters::iceberg::mapping::{arrow_schema, to_iceberg_batch};
 use lakesync::adapters::iceberg::{IcebergCatalogConfig, IcebergSink, S3Config, connect};
 use lakesync::gateway::{Gateway, GatewayOptions, LakeCheckpoints, Limits};
@@ -344,7 +347,25 @@ fn main() {
             ours.rows_per_s() / peer.rows_per_s()
         );
 
-        // 2. Checkpoints of N live rows.
+        // 2. Compaction of what LakeSync wrote: N deltas → one base row per row id.
+        let ident = TableIdent::from_strs([NAMESPACE, "tasks"]).unwrap();
+        let report = compact_table(&catalog, &ident, &CompactionOptions::default())
+            .await
+            .expect("compact");
+        let seconds = report.elapsed.as_secs_f64();
+        println!(
+            "compact: {} rows in {} files ({:.1} MB) → {} base rows in {} files ({:.1} MB) in {seconds:.2} s: {:.0} rows/s, {:.1} MB/s read",
+            report.rows_in,
+            report.files_before,
+            report.bytes_in as f64 / 1e6,
+            report.rows_out,
+            report.files_after,
+            report.bytes_out as f64 / 1e6,
+            report.rows_in as f64 / seconds,
+            report.bytes_in as f64 / 1e6 / seconds
+        );
+
+        // 3. Checkpoints of N live rows.
         checkpoints(&config, &catalog, deltas, epoch_rows).await;
     });
 }
