@@ -18,4 +18,5 @@ if [[ -z ${LAKESYNC_ICEBERG_REST_URI:-} ]]; then
 fi
 eval "$(bash scripts/python-tools.sh)"
 export LAKESYNC_BENCH_ROWS="$N"
-nice cargo bench --locked --bench lake
+# The release profile (not `bench`), so the release build of the binary shares its dependencies.
+nice cargo bench --locked --profile release --bench lake

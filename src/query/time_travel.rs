@@ -27,6 +27,7 @@
 //! in-memory tables of the session's default schema, so `SELECT … FROM tasks` reads the view,
 //! while `lake.<namespace>.tasks` still reads the raw deltas.
 
+use crate::adapters::iceberg::iceberg_error;
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
@@ -89,15 +90,6 @@ pub fn parse_moment(text: &str) -> Result<u64> {
     HlcTimestamp::new(ms, u16::MAX)
         .map(|h| h.0)
         .map_err(|e| Error::invalid("time travel", format!("{text:?}: {e}")))
-}
-
-fn iceberg_error(what: String, e: iceberg::Error) -> Error {
-    Error::External {
-        system: "iceberg",
-        message: format!("{what}: {e}"),
-        retryable: e.retryable(),
-        source: Some(Box::new(e)),
-    }
 }
 
 /// The newest compaction in the ancestry of `snapshot`: its snapshot id, its parent's, and the

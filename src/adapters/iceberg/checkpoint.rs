@@ -23,6 +23,7 @@
 //! Files go through the table's own Iceberg `FileIO`, so checkpoints work on every warehouse the
 //! lake does (local files, S3, R2, MinIO, SeaweedFS).
 
+use super::iceberg_error;
 use std::sync::Arc;
 
 use arrow::array::{AsArray, RecordBatch, UInt64Array};
@@ -157,20 +158,11 @@ pub fn checkpoint_dir(table: &Table) -> String {
     format!("{location}/{CHECKPOINT_DIR}")
 }
 
-fn io_error(what: String, e: iceberg::Error) -> Error {
-    Error::External {
-        system: "iceberg",
-        message: format!("{what}: {e}"),
-        retryable: e.retryable(),
-        source: Some(Box::new(e)),
-    }
-}
-
 async fn load(catalog: &Arc<dyn Catalog>, ident: &TableIdent) -> Result<Table> {
     catalog
         .load_table(ident)
         .await
-        .map_err(|e| io_error(format!("loading lake table {ident}"), e))
+        .map_err(|e| iceberg_error(format!("loading lake table {ident}"), e))
 }
 
 /// Generates a checkpoint of the lake table `ident` (see the module docs) with chunks of at
@@ -213,10 +205,10 @@ pub async fn generate(
         let file_bytes = bytes.len() as u64;
         let location = format!("{dir}/{path}");
         io.new_output(&location)
-            .map_err(|e| io_error(format!("opening checkpoint chunk {location}"), e))?
+            .map_err(|e| iceberg_error(format!("opening checkpoint chunk {location}"), e))?
             .write(bytes)
             .await
-            .map_err(|e| io_error(format!("writing checkpoint chunk {location}"), e))?;
+            .map_err(|e| iceberg_error(format!("writing checkpoint chunk {location}"), e))?;
         chunks.push(ChunkRef {
             path,
             rows: len as u64,
@@ -242,10 +234,10 @@ pub async fn generate(
     let text = serde_json::to_vec_pretty(&manifest)
         .map_err(|e| Error::internal(format!("encoding a checkpoint manifest: {e}")))?;
     io.new_output(&location)
-        .map_err(|e| io_error(format!("opening {location}"), e))?
+        .map_err(|e| iceberg_error(format!("opening {location}"), e))?
         .write(text.into())
         .await
-        .map_err(|e| io_error(format!("writing {location}"), e))?;
+        .map_err(|e| iceberg_error(format!("writing {location}"), e))?;
     // Keep the generation just replaced (a reader may be serving it); remove the one before.
     if let Some(older) = previous.and_then(|p| p.previous_generation) {
         remove_generation(io, &dir, &older).await;
@@ -275,16 +267,16 @@ async fn read_manifest(io: &FileIO, dir: &str) -> Result<Option<CheckpointManife
     let exists = io
         .exists(&location)
         .await
-        .map_err(|e| io_error(format!("looking for {location}"), e))?;
+        .map_err(|e| iceberg_error(format!("looking for {location}"), e))?;
     if !exists {
         return Ok(None);
     }
     let bytes = io
         .new_input(&location)
-        .map_err(|e| io_error(format!("opening {location}"), e))?
+        .map_err(|e| iceberg_error(format!("opening {location}"), e))?
         .read()
         .await
-        .map_err(|e| io_error(format!("reading {location}"), e))?;
+        .map_err(|e| iceberg_error(format!("reading {location}"), e))?;
     let manifest: CheckpointManifest = serde_json::from_slice(&bytes).map_err(|e| {
         Error::invalid(
             "checkpoint manifest",
@@ -327,10 +319,10 @@ impl Checkpoint {
         let bytes = self
             .io
             .new_input(&location)
-            .map_err(|e| io_error(format!("opening checkpoint chunk {location}"), e))?
+            .map_err(|e| iceberg_error(format!("opening checkpoint chunk {location}"), e))?
             .read()
             .await
-            .map_err(|e| io_error(format!("reading checkpoint chunk {location}"), e))?;
+            .map_err(|e| iceberg_error(format!("reading checkpoint chunk {location}"), e))?;
         read_parquet(bytes)
     }
 }

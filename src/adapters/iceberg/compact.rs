@@ -49,6 +49,7 @@
 //! property `lakesync.epoch.<pipeline>.<sink>` (which the replace commit leaves alone) keeps the
 //! mark once those are expired.
 
+use super::iceberg_error;
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -669,17 +670,6 @@ fn unique_snapshot_id(metadata: &TableMetadata) -> i64 {
         if id != 0 && metadata.snapshot_by_id(id).is_none() {
             return id;
         }
-    }
-}
-
-/// An iceberg failure as LakeSync's [`Error::External`], with what was being done.
-fn iceberg_error(context: String, e: iceberg::Error) -> Error {
-    let retryable = e.retryable() || e.kind() == IcebergErrorKind::CatalogCommitConflicts;
-    Error::External {
-        system: "iceberg",
-        message: format!("{context}: {e}"),
-        retryable,
-        source: Some(Box::new(e)),
     }
 }
 

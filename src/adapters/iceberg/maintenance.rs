@@ -24,6 +24,7 @@
 //! nor is anything under `_lakesync_checkpoints/` (lake checkpoints, which
 //! [`super::checkpoint`] manages itself).
 
+use super::iceberg_error;
 use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -317,15 +318,6 @@ async fn load(catalog: &Arc<dyn Catalog>, ident: &TableIdent) -> Result<Table> {
         .load_table(ident)
         .await
         .map_err(|e| iceberg_error(format!("loading table {ident}"), e))
-}
-
-fn iceberg_error(context: String, e: iceberg::Error) -> Error {
-    Error::External {
-        system: "iceberg",
-        retryable: e.retryable(),
-        message: format!("{context}: {e}"),
-        source: Some(Box::new(e)),
-    }
 }
 
 #[cfg(test)]

@@ -32,5 +32,29 @@ pub use catalog::{DEFAULT_CATALOG_NAME, IcebergCatalogConfig, connect};
 pub use sink::IcebergSink;
 pub use storage::{ObjectStoreStorage, ObjectStoreStorageFactory, S3Config};
 
+use crate::Error;
+
 /// The namespace lake tables go in unless a pipeline names another.
 pub const DEFAULT_NAMESPACE: &str = "lakesync";
+
+/// An iceberg failure as LakeSync's [`Error::External`], with what was being done.
+pub(crate) fn iceberg_error(context: String, e: iceberg::Error) -> Error {
+    // A storage failure keeps its own verdict under whatever iceberg-rust wrapped it in (a
+    // refused upload surfaces as an `Unexpected` "failed to finish the parquet writer").
+    let retryable = match storage::object_store_cause(&e) {
+        Some(cause) => storage::is_transient(cause),
+        None => {
+            e.retryable()
+                || matches!(
+                    e.kind(),
+                    iceberg::ErrorKind::CatalogCommitConflicts | iceberg::ErrorKind::Unexpected
+                )
+        }
+    };
+    Error::External {
+        system: "iceberg",
+        message: format!("{context}: {e}"),
+        retryable,
+        source: Some(Box::new(e)),
+    }
+}

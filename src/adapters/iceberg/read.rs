@@ -26,6 +26,7 @@
 //! into the state as it goes (deltas are merged in chunks of [`MERGE_CHUNK_ROWS`]), so it holds
 //! the state plus a chunk, and is what compaction uses.
 
+use super::iceberg_error;
 use arrow::array::{Array, BooleanArray, RecordBatch, UInt64Array};
 use arrow::compute::{and, concat_batches, filter_record_batch, is_not_null, is_null};
 use futures::TryStreamExt;
@@ -169,7 +170,7 @@ fn begin(table: &Table, snapshot: Option<i64>) -> Result<LakeRows> {
             })?;
             let schema = snapshot
                 .schema(metadata)
-                .map_err(|e| external(format!("the schema of snapshot {id}"), e))?;
+                .map_err(|e| iceberg_error(format!("the schema of snapshot {id}"), e))?;
             (Some(id), schema)
         }
         None => (
@@ -202,14 +203,14 @@ async fn scan(
         .snapshot_id(snapshot)
         .select_all()
         .build()
-        .map_err(|e| external(format!("planning a scan of table {ident}"), e))?
+        .map_err(|e| iceberg_error(format!("planning a scan of table {ident}"), e))?
         .to_arrow()
         .await
-        .map_err(|e| external(format!("scanning table {ident}"), e))?;
+        .map_err(|e| iceberg_error(format!("scanning table {ident}"), e))?;
     while let Some(batch) = stream
         .try_next()
         .await
-        .map_err(|e| external(format!("reading table {ident} at snapshot {snapshot}"), e))?
+        .map_err(|e| iceberg_error(format!("reading table {ident} at snapshot {snapshot}"), e))?
     {
         if batch.num_rows() > 0 {
             each(batch)?;
@@ -313,15 +314,6 @@ fn concat_states(schema: &TableSchema, states: Vec<RecordBatch>) -> Result<Optio
         _ => concat_batches(&state_schema(schema), &states)
             .map(Some)
             .map_err(|e| Error::internal(format!("joining base rows: {e}"))),
-    }
-}
-
-fn external(context: String, e: iceberg::Error) -> Error {
-    Error::External {
-        system: "iceberg",
-        message: format!("{context}: {e}"),
-        retryable: e.retryable(),
-        source: Some(Box::new(e)),
     }
 }
 

@@ -60,6 +60,7 @@ use iceberg::{
 };
 
 use super::catalog::{IcebergCatalogConfig, connect};
+use super::iceberg_error;
 use super::mapping;
 use crate::kernel::schema::{TableSchema, validate_identifier};
 use crate::runtime::api::{CommitStats, Sink, TableRef};
@@ -445,28 +446,6 @@ fn file_prefix(pipeline: &str, sink: &str, epoch: u64) -> String {
         std::process::id(),
         COUNTER.fetch_add(1, Ordering::Relaxed)
     )
-}
-
-/// An iceberg failure as LakeSync's [`Error::External`], with what was being done.
-fn iceberg_error(context: String, e: iceberg::Error) -> Error {
-    // A storage failure keeps its own verdict under whatever iceberg-rust wrapped it in (a
-    // refused upload surfaces as an `Unexpected` "failed to finish the parquet writer").
-    let retryable = match super::storage::object_store_cause(&e) {
-        Some(cause) => super::storage::is_transient(cause),
-        None => {
-            e.retryable()
-                || matches!(
-                    e.kind(),
-                    IcebergErrorKind::CatalogCommitConflicts | IcebergErrorKind::Unexpected
-                )
-        }
-    };
-    Error::External {
-        system: "iceberg",
-        message: format!("{context}: {e}"),
-        retryable,
-        source: Some(Box::new(e)),
-    }
 }
 
 #[async_trait]
