@@ -8,7 +8,9 @@
 //! are named `<component>.<step>`; the current ones:
 //!
 //! - `iceberg.sink.before-swap`: the Iceberg sink has written an epoch's data files, manifest
-//!   and manifest list, and is about to ask the catalogue to swap the table's metadata.
+//!   and manifest list, and is about to ask the catalogue to swap the table's metadata;
+//! - `iceberg.compact.before-commit`: compaction has written its base files and is about to
+//!   commit its `replace` snapshot.
 
 use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU64, Ordering};

@@ -798,7 +798,6 @@ async fn compaction_on_rest_is_read_exactly_by_pyiceberg_duckdb_and_lakesync() {
 /// SQL catalogue (no services needed), paused by the test hook.
 #[test]
 fn a_compaction_killed_mid_commit_leaves_the_table_as_it_was() {
-    use std::io::{BufRead, BufReader};
     use std::process::Stdio;
 
     let dir = tempfile::tempdir().expect("a temp dir");
@@ -845,28 +844,32 @@ fn a_compaction_killed_mid_commit_leaves_the_table_as_it_was() {
             .env("RUST_LOG", "lakesync=info");
         cmd
     };
+    let marker = dir.path().join("paused");
     let mut child = compact()
         .env(
-            lakesync::adapters::iceberg::compact::PAUSE_BEFORE_COMMIT_ENV,
-            "600000",
+            lakesync::fault::PAUSE_AT,
+            lakesync::adapters::iceberg::compact::PAUSE_BEFORE_COMMIT,
         )
+        .env(lakesync::fault::PAUSE_MARKER, &marker)
         .stdout(Stdio::null())
-        .stderr(Stdio::piped())
+        .stderr(Stdio::null())
         .spawn()
         .expect("start lakesync lake compact");
-    let stderr = child.stderr.take().expect("stderr");
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            if line.contains("pausing before the compaction commit") {
-                let _ = tx.send(());
-            }
+    let started = std::time::Instant::now();
+    let mut paused = false;
+    while started.elapsed() < std::time::Duration::from_secs(120) {
+        if marker.exists() {
+            paused = true;
+            break;
         }
-    });
-    let paused = rx.recv_timeout(std::time::Duration::from_secs(120));
+        if child.try_wait().expect("poll the compaction").is_some() {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
     child.kill().expect("SIGKILL the compaction"); // SIGKILL on Unix
     let _ = child.wait();
-    paused.expect("the compaction reached its commit");
+    assert!(paused, "the compaction reached its commit");
 
     // Its base files are on disk, but no snapshot references them.
     let written = walk(&warehouse)

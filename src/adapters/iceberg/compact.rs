@@ -82,9 +82,9 @@ pub const COMPACTED_THROUGH_PROPERTY: &str = "lakesync.compacted-through-hlc";
 pub const MAX_COMMIT_ATTEMPTS: u32 = 4;
 /// The default target size of a base-row data file.
 pub const DEFAULT_TARGET_FILE_SIZE: u64 = 128 * 1024 * 1024;
-/// Test hook: when set (milliseconds), compaction sleeps this long after writing its data files
-/// and before committing, so a test can kill it mid-commit.
-pub const PAUSE_BEFORE_COMMIT_ENV: &str = "LAKESYNC_TEST_COMPACT_PAUSE_MS";
+/// The crash-test pause point ([`crate::fault`]) after compaction wrote its base files and
+/// before it commits.
+pub const PAUSE_BEFORE_COMMIT: &str = "iceberg.compact.before-commit";
 /// Rows per batch handed to the writer, so the rolling writer can cut files near their target.
 const WRITE_BATCH_ROWS: usize = 4096;
 const FIRST_BACKOFF: Duration = Duration::from_millis(100);
@@ -270,13 +270,7 @@ pub async fn compact_table(
     if let Some(hook) = &options.before_commit {
         hook().await;
     }
-    if let Some(ms) = std::env::var(PAUSE_BEFORE_COMMIT_ENV)
-        .ok()
-        .and_then(|v| v.parse::<u64>().ok())
-    {
-        tracing::warn!(ms, "test hook: pausing before the compaction commit");
-        tokio::time::sleep(Duration::from_millis(ms)).await;
-    }
+    crate::fault::pause_point(PAUSE_BEFORE_COMMIT).await;
 
     let mut properties = HashMap::from([(OPERATION_PROPERTY.to_string(), "compact".to_string())]);
     if let Some(hlc) = rows.max_hlc {
