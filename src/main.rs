@@ -75,8 +75,9 @@ enum Command {
         /// The SQL statement.
         sql: String,
         /// Take the lake from this pipeline's first Iceberg sink, or the cold side of its first
-        /// tier sink (whose hot side then joins --state, --as-of and --changes-from reads); its
-        /// namespace is the default schema for unqualified table names.
+        /// tier sink; the tier's hot side, or the pipeline's gateway's retained records, then
+        /// join --state, --as-of and --changes-from reads. The sink's namespace is the default
+        /// schema for unqualified table names.
         #[arg(long, conflicts_with_all = ["catalog", "warehouse"])]
         pipeline: Option<PathBuf>,
         /// The SQL catalogue's SQLite file (default: lake/catalog.sqlite).
@@ -263,7 +264,7 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             let (config, namespace, tiered) = match pipeline {
                 Some(file) => {
                     let (lake, plan) = lake_of(&file)?;
-                    let tiered = lake.tier.map(|tier| (plan, tier));
+                    let tiered = lake.hot.map(|side| (plan, side));
                     (lake.catalog, lake.namespace, tiered)
                 }
                 None => (
@@ -280,7 +281,7 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
                 Some(view) => {
                     // A tiered pipeline's hot side joins every view but a snapshot's.
                     let hot = match &tiered {
-                        Some((plan, tier)) => rt.block_on(lakesync::query::hot_tier(plan, tier))?,
+                        Some((plan, side)) => rt.block_on(lakesync::query::hot_tier(plan, side))?,
                         None => Default::default(),
                     };
                     rt.block_on(lakesync::query::query_view(

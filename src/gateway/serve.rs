@@ -60,12 +60,17 @@ pub fn limits_of(spec: &GatewaySourceSpec) -> Limits {
     }
 }
 
-/// Opens the gateway of source `name`.
-pub async fn open_gateway(plan: &Plan, name: &str, spec: &GatewaySourceSpec) -> Result<Gateway> {
-    let data_dir = match &spec.data_dir {
+/// Where the gateway of source `name` keeps its durable log.
+pub fn gateway_data_dir(plan: &Plan, name: &str, spec: &GatewaySourceSpec) -> std::path::PathBuf {
+    match &spec.data_dir {
         Some(dir) => plan.resolve_path(dir),
         None => plan.state_dir.join(format!("gateway-{name}")),
-    };
+    }
+}
+
+/// Opens the gateway of source `name`.
+pub async fn open_gateway(plan: &Plan, name: &str, spec: &GatewaySourceSpec) -> Result<Gateway> {
+    let data_dir = gateway_data_dir(plan, name, spec);
     let tables = plan.source_tables(name).0.into_iter().cloned().collect();
     let sync_rules = match &spec.sync_rules {
         Some(value) => SyncRules::from_value(value)?,

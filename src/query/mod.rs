@@ -26,7 +26,7 @@ use iceberg_datafusion::IcebergCatalogProvider;
 
 use crate::adapters::iceberg::{DEFAULT_NAMESPACE, IcebergCatalogConfig, connect};
 use crate::config::plan::Plan;
-use crate::config::spec::SinkSpec;
+use crate::config::spec::{SinkSpec, SourceSpec};
 use crate::{Error, Result};
 
 pub mod time_travel;
@@ -103,17 +103,33 @@ pub struct PipelineLake {
     pub catalog: IcebergCatalogConfig,
     /// The namespace the pipeline writes its tables to.
     pub namespace: String,
-    /// The tier sink whose cold side the lake is (its hot side joins time-travel reads).
-    pub tier: Option<String>,
+    /// Where the deltas not (or not only) in the lake are, which join time-travel reads.
+    pub hot: Option<HotSide>,
+}
+
+/// The hot side of a pipeline's lake.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum HotSide {
+    /// The hot sink of this tier sink.
+    Tier(String),
+    /// The durable log of the pipeline's gateway source (records it still retains, flushed to
+    /// the lake or not yet).
+    Gateway(std::path::PathBuf),
 }
 
 /// Finds the lake of `plan` (see [`PipelineLake`]); an [`Error::Invalid`] when it has none.
 pub fn pipeline_lake(plan: &Plan) -> Result<PipelineLake> {
+    let gateway = plan.sources.iter().find_map(|(name, spec)| match spec {
+        SourceSpec::Gateway(g) => Some(HotSide::Gateway(crate::gateway::serve::gateway_data_dir(
+            plan, name, g,
+        ))),
+        _ => None,
+    });
     for (name, spec) in plan.sinks.iter() {
-        let (iceberg, tier) = match spec {
-            SinkSpec::Iceberg(s) => (s, None),
+        let (iceberg, hot) = match spec {
+            SinkSpec::Iceberg(s) => (s, gateway.clone()),
             SinkSpec::Tier(t) => match t.cold.as_ref() {
-                SinkSpec::Iceberg(s) => (s, Some(name.to_string())),
+                SinkSpec::Iceberg(s) => (s, Some(HotSide::Tier(name.to_string()))),
                 _ => continue,
             },
             _ => continue,
@@ -121,7 +137,7 @@ pub fn pipeline_lake(plan: &Plan) -> Result<PipelineLake> {
         return Ok(PipelineLake {
             catalog: crate::build::catalog_config(plan, &iceberg.catalog)?,
             namespace: iceberg.namespace.clone(),
-            tier,
+            hot,
         });
     }
     Err(Error::invalid(
@@ -133,13 +149,27 @@ pub fn pipeline_lake(plan: &Plan) -> Result<PipelineLake> {
     ))
 }
 
-/// The deltas the hot side of tier sink `tier` holds, per table of `plan`.
-pub async fn hot_tier(plan: &Plan, tier: &str) -> Result<HotTier> {
+/// The deltas the hot side `side` of `plan`'s lake holds, per table: a tier's hot sink, or the
+/// records a gateway's durable log retains (none when the gateway never ran here).
+pub async fn hot_tier(plan: &Plan, side: &HotSide) -> Result<HotTier> {
     let mut hot = HotTier::new();
-    for table in &plan.tables {
-        let batches = crate::adapters::hot::hot_deltas(plan, tier, table).await?;
-        if !batches.is_empty() {
-            hot.insert(table.table.clone(), batches);
+    match side {
+        HotSide::Tier(tier) => {
+            for table in &plan.tables {
+                let batches = crate::adapters::hot::hot_deltas(plan, tier, table).await?;
+                if !batches.is_empty() {
+                    hot.insert(table.table.clone(), batches);
+                }
+            }
+        }
+        HotSide::Gateway(dir) => {
+            if !dir.join("gateway.sqlite").exists() {
+                return Ok(hot);
+            }
+            let log = crate::gateway::log::LogStore::open(dir).await?;
+            for record in log.records().await? {
+                hot.entry(record.table).or_default().push(record.deltas);
+            }
         }
     }
     Ok(hot)

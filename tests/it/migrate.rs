@@ -254,8 +254,9 @@ async fn union_reads_everything_once(plan: &Plan, all: &[RowDelta]) {
     use arrow::datatypes::Int64Type;
     use lakesync::query::{LakeView, hot_tier, pipeline_lake, query_view};
     let lake = pipeline_lake(plan).expect("the pipeline's lake");
-    let tier = lake.tier.clone().expect("the lake is a tier's cold side");
-    let hot = hot_tier(plan, &tier).await.expect("hot deltas");
+    let side = lake.hot.clone().expect("the lake is a tier's cold side");
+    assert_eq!(side, lakesync::query::HotSide::Tier("by_age".into()));
+    let hot = hot_tier(plan, &side).await.expect("hot deltas");
     let count =
         |batches: Vec<RecordBatch>| batches[0].column(0).as_primitive::<Int64Type>().value(0);
     let changes = query_view(
