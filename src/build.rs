@@ -180,6 +180,24 @@ async fn build_source(plan: &Plan, name: &str, spec: &SourceSpec) -> Result<Box<
             )));
         }
         SourceSpec::Postgres(s) => Box::new(postgres_source(plan, name, s)?),
+        SourceSpec::Iceberg(s) => {
+            let table = plan.table(&s.table).ok_or_else(|| {
+                Error::internal(format!("iceberg source table {:?} not declared", s.table))
+            })?;
+            let catalog =
+                crate::adapters::iceberg::connect(&catalog_config(plan, &s.catalog)?).await?;
+            let ident = iceberg::TableIdent::new(
+                iceberg::NamespaceIdent::new(s.namespace.clone()),
+                s.iceberg_table.clone().unwrap_or_else(|| s.table.clone()),
+            );
+            Box::new(crate::adapters::iceberg::source::IcebergSource::new(
+                name,
+                catalog,
+                ident,
+                Arc::new(table.clone()),
+                s.id_column.clone(),
+            ))
+        }
         SourceSpec::Mysql(s) => Box::new(mysql_source(plan, name, s).await?),
         SourceSpec::Sqlite(s) => {
             let tables = s

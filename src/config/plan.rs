@@ -80,6 +80,7 @@ impl Plan {
         let mut discovered = Vec::new();
         let names: Vec<&str> = match self.sources.get(source) {
             Some(SourceSpec::Jsonl(spec)) => vec![spec.table.as_str()],
+            Some(SourceSpec::Iceberg(spec)) => vec![spec.table.as_str()],
             Some(SourceSpec::Sqlite(spec)) => {
                 spec.tables.iter().map(|t| t.table.as_str()).collect()
             }

@@ -289,7 +289,32 @@ tagged_enum! {
         /// The sync gateway (`lakesync serve`): what clients push over Arrow Flight, HTTP and
         /// WebSocket.
         Gateway(Box<GatewaySourceSpec>) = "gateway",
+        /// An Iceberg table, read whole (one snapshot) as deltas: a LakeSync lake table, or any
+        /// Iceberg table keyed by an id column.
+        Iceberg(IcebergSourceSpec) = "iceberg",
     }
+}
+
+/// An Iceberg table read as a source (see docs/lakehouse.md, "The lake as a source").
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(
+    deny_unknown_fields,
+    expecting = "an iceberg source: a mapping with catalog and table"
+)]
+pub struct IcebergSourceSpec {
+    /// The catalogue.
+    pub catalog: CatalogSpec,
+    /// The Iceberg namespace (default `lakesync`).
+    #[serde(default = "IcebergSinkSpec::default_namespace")]
+    pub namespace: String,
+    /// The declared table the rows become deltas of.
+    pub table: String,
+    /// The Iceberg table's name, when it is not the declared table's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub iceberg_table: Option<String>,
+    /// The column holding each row's id, for a table that is not a LakeSync delta table.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id_column: Option<String>,
 }
 
 tagged_enum! {

@@ -32,9 +32,9 @@ use super::Diagnostic;
 use super::node::{child_path, item_path};
 use super::plan::{FilterPlan, Lane, Plan, resolve};
 use super::spec::{
-    CaptureStrategy, CatalogSpec, FilterSpec, GatewaySourceSpec, JsonlFormat, JsonlSourceSpec,
-    MysqlSourceSpec, OperatorSpec, PIPELINE_VERSION, PipelineSpec, PostgresSourceSpec, S3Spec,
-    SinkSpec, SourceSpec, SqlStrategy, SqlTableSpec, SqliteSourceSpec,
+    CaptureStrategy, CatalogSpec, FilterSpec, GatewaySourceSpec, IcebergSourceSpec, JsonlFormat,
+    JsonlSourceSpec, MysqlSourceSpec, OperatorSpec, PIPELINE_VERSION, PipelineSpec,
+    PostgresSourceSpec, S3Spec, SinkSpec, SourceSpec, SqlStrategy, SqlTableSpec, SqliteSourceSpec,
 };
 use super::suggest;
 use super::units::HumanDuration;
@@ -408,6 +408,7 @@ impl<'s> Validator<'s> {
             let at = child_path("sources", name);
             match source {
                 SourceSpec::Jsonl(spec) => self.jsonl_source(&at, spec),
+                SourceSpec::Iceberg(spec) => self.iceberg_source(&at, spec),
                 SourceSpec::Sqlite(spec) => self.sqlite_source(&at, spec),
                 SourceSpec::Postgres(spec) => self.postgres_source(&at, spec),
                 SourceSpec::Mysql(spec) => self.mysql_source(&at, spec),
@@ -452,6 +453,24 @@ impl<'s> Validator<'s> {
         }
         if let Some(client) = &spec.client_id {
             self.non_empty(format!("{at}.client_id"), client);
+        }
+    }
+
+    fn iceberg_source(&mut self, at: &str, spec: &IcebergSourceSpec) {
+        if self.table(&spec.table).is_none() {
+            self.undeclared_table(format!("{at}.table"), &spec.table);
+        }
+        let names = [
+            ("namespace", Some(&spec.namespace)),
+            ("iceberg_table", spec.iceberg_table.as_ref()),
+            ("id_column", spec.id_column.as_ref()),
+        ];
+        for (key, name) in names {
+            if let Some(name) = name
+                && let Err(e) = crate::kernel::schema::validate_identifier(name)
+            {
+                self.error(format!("{at}.{key}"), format!("{name:?}: {e}"));
+            }
         }
     }
 
@@ -814,6 +833,7 @@ impl<'s> Validator<'s> {
         let (source, _) = graph.chain(name)?;
         let names: Vec<String> = match self.spec.sources.get(&source)? {
             SourceSpec::Jsonl(spec) => vec![spec.table.clone()],
+            SourceSpec::Iceberg(spec) => vec![spec.table.clone()],
             SourceSpec::Sqlite(spec) => spec.tables.iter().map(|t| t.table.clone()).collect(),
             SourceSpec::Postgres(spec) => spec.tables.iter().map(|t| t.table.clone()).collect(),
             SourceSpec::Mysql(spec) => spec.tables.iter().map(|t| t.table.clone()).collect(),

@@ -10,6 +10,7 @@ mod gateway;
 mod gateway_lake;
 mod golden;
 mod iceberg;
+mod iceberg_source;
 mod lake_checkpoint;
 mod lakehouse;
 mod migrate;

@@ -25,6 +25,7 @@ pub mod maintenance;
 pub mod mapping;
 pub mod read;
 pub mod sink;
+pub mod source;
 pub mod storage;
 mod write;
 
