@@ -90,6 +90,39 @@ pub(crate) async fn write(sink: &mut IcebergSink, table: &TableRef, deltas: &[Ro
     }
 }
 
+/// A sink of pipeline `p` into the `lakesync` namespace of `config`, prepared for `tasks`,
+/// with `deltas` committed `per_epoch` at a time as epochs 1, 2, …; returns the sink and the
+/// last epoch, for more epochs.
+pub(crate) async fn tasks_lake(
+    config: &IcebergCatalogConfig,
+    deltas: &[RowDelta],
+    per_epoch: usize,
+) -> (IcebergSink, u64) {
+    let table = tasks();
+    let mut sink = IcebergSink::connect(config, "lakesync", "p", "lake")
+        .await
+        .expect("sink");
+    sink.prepare(std::slice::from_ref(&table))
+        .await
+        .expect("prepare");
+    let mut epoch = 0;
+    for part in deltas.chunks(per_epoch) {
+        epoch += 1;
+        commit_epoch(&mut sink, epoch, part).await;
+    }
+    (sink, epoch)
+}
+
+/// Writes `part` (deltas of `tasks`) as epoch `epoch` of `sink` and commits it.
+pub(crate) async fn commit_epoch(sink: &mut IcebergSink, epoch: u64, part: &[RowDelta]) {
+    let table = tasks();
+    sink.begin_epoch(epoch, WALL_MS);
+    sink.write(&table, deltas_to_batch(&table, part).expect("batch"))
+        .await
+        .expect("write");
+    sink.commit(epoch).await.expect("commit");
+}
+
 /// The table's current metadata, loaded afresh.
 async fn load(config: &IcebergCatalogConfig, table: &str) -> ::iceberg::table::Table {
     let catalog = connect(config).await.expect("connect to the catalog");

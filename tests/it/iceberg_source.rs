@@ -4,16 +4,16 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use lakesync::adapters::iceberg::{IcebergCatalogConfig, IcebergSink};
+use lakesync::adapters::iceberg::IcebergCatalogConfig;
 use lakesync::config::{Env, load_plan};
 use lakesync::kernel::delta_batch::deltas_to_batch;
 use lakesync::kernel::merge::merge;
-use lakesync::runtime::api::{ReadMode, Sink, TableRef};
+use lakesync::runtime::api::{ReadMode, TableRef};
 use lakesync::runtime::pipeline::{RunOptions, run};
 use lakesync::synth::{Workload, tasks_schema};
 use sqlx::Row;
 
-use crate::iceberg::WALL_MS;
+use crate::iceberg::{WALL_MS, tasks_lake};
 
 #[tokio::test]
 async fn a_lake_table_backfills_into_a_materialised_sqlite_table() {
@@ -24,20 +24,7 @@ async fn a_lake_table_backfills_into_a_materialised_sqlite_table() {
     );
     let table: TableRef = Arc::new(tasks_schema());
     let deltas = Workload::new(500, 4, 5).deltas(5_000, WALL_MS);
-    let mut sink = IcebergSink::connect(&config, "lakesync", "p", "lake")
-        .await
-        .expect("sink");
-    sink.prepare(std::slice::from_ref(&table))
-        .await
-        .expect("prepare");
-    for (k, part) in deltas.chunks(2_000).enumerate() {
-        let epoch = k as u64 + 1;
-        sink.begin_epoch(epoch, WALL_MS);
-        sink.write(&table, deltas_to_batch(&table, part).expect("batch"))
-            .await
-            .expect("write");
-        sink.commit(epoch).await.expect("commit");
-    }
+    tasks_lake(&config, &deltas, 2_000).await;
 
     let tasks = serde_json::to_string(&tasks_schema()).expect("schema json");
     let yaml = format!(

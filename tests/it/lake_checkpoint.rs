@@ -6,17 +6,17 @@ use std::sync::Arc;
 
 use arrow::array::{AsArray, RecordBatch};
 use lakesync::adapters::iceberg::checkpoint::{self, CheckpointManifest};
-use lakesync::adapters::iceberg::{IcebergCatalogConfig, IcebergSink, connect};
+use lakesync::adapters::iceberg::{IcebergCatalogConfig, connect};
 use lakesync::gateway::{Gateway, GatewayOptions, LakeCheckpoints, Limits};
 use lakesync::kernel::delta_batch::{batch_to_deltas, deltas_to_batch};
 use lakesync::kernel::merge::merge;
 use lakesync::kernel::rules::{Claims, SyncRules};
 use lakesync::kernel::state::DELETED;
-use lakesync::runtime::api::{Sink, TableRef};
+use lakesync::runtime::api::TableRef;
 use lakesync::synth::{Workload, tasks_schema};
 use serde_json::Value;
 
-use crate::iceberg::WALL_MS;
+use crate::iceberg::{WALL_MS, tasks_lake};
 
 /// Live rows of a state batch: row id → (column → value) for the columns holding a value.
 fn live_rows(table: &TableRef, state: &RecordBatch) -> BTreeMap<String, BTreeMap<String, Value>> {
@@ -86,20 +86,7 @@ async fn checkpoints_hold_the_lww_state_in_bounded_chunks_and_gateways_serve_the
     let config = IcebergCatalogConfig::sql(dir.path().join("c.db"), dir.path().join("wh"));
     let table: TableRef = Arc::new(tasks_schema());
     let deltas = Workload::new(2_000, 6, 7).deltas(12_000, WALL_MS);
-    let mut sink = IcebergSink::connect(&config, "lakesync", "p", "lake")
-        .await
-        .expect("sink");
-    sink.prepare(std::slice::from_ref(&table))
-        .await
-        .expect("prepare");
-    for (epoch, part) in deltas.chunks(4_000).enumerate() {
-        let epoch = epoch as u64 + 1;
-        sink.begin_epoch(epoch, WALL_MS);
-        sink.write(&table, deltas_to_batch(&table, part).expect("batch"))
-            .await
-            .expect("write");
-        sink.commit(epoch).await.expect("commit");
-    }
+    tasks_lake(&config, &deltas, 4_000).await;
     let expected_state = merge(
         &table,
         None,

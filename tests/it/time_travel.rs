@@ -6,15 +6,15 @@ use std::sync::Arc;
 
 use arrow::array::{AsArray, RecordBatch};
 use arrow::datatypes::Int64Type;
-use lakesync::adapters::iceberg::{IcebergCatalogConfig, IcebergSink};
+use lakesync::adapters::iceberg::IcebergCatalogConfig;
 use lakesync::kernel::delta::RowDelta;
 use lakesync::kernel::delta_batch::deltas_to_batch;
 use lakesync::kernel::merge::merge;
 use lakesync::query::{HotTier, LakeView, query_view};
-use lakesync::runtime::api::{Sink, TableRef};
+use lakesync::runtime::api::TableRef;
 use lakesync::synth::{Workload, tasks_schema};
 
-use crate::iceberg::WALL_MS;
+use crate::iceberg::{WALL_MS, commit_epoch, tasks_lake};
 
 /// `(row id, title, priority)` of the live rows of the merge of `deltas`, sorted.
 fn expected_state(
@@ -77,20 +77,7 @@ async fn as_of_hlc_snapshot_and_changes_agree_with_a_merge_of_the_deltas() {
     let config = IcebergCatalogConfig::sql(dir.path().join("c.db"), dir.path().join("wh"));
     let table: TableRef = Arc::new(tasks_schema());
     let deltas = Workload::new(300, 5, 11).deltas(3_000, WALL_MS);
-    let mut sink = IcebergSink::connect(&config, "lakesync", "p", "lake")
-        .await
-        .expect("sink");
-    sink.prepare(std::slice::from_ref(&table))
-        .await
-        .expect("prepare");
-    for (k, part) in deltas.chunks(1_000).enumerate() {
-        let epoch = k as u64 + 1;
-        sink.begin_epoch(epoch, WALL_MS);
-        sink.write(&table, deltas_to_batch(&table, part).expect("batch"))
-            .await
-            .expect("write");
-        sink.commit(epoch).await.expect("commit");
-    }
+    tasks_lake(&config, &deltas, 1_000).await;
     let none = HotTier::default();
 
     // As of an HLC in the middle of the second epoch: exactly the merge of the deltas up to it.
@@ -229,17 +216,7 @@ async fn after_compaction_time_travel_agrees_with_a_replay_and_refuses_folded_hi
     let config = IcebergCatalogConfig::sql(dir.path().join("c.db"), dir.path().join("wh"));
     let table: TableRef = Arc::new(tasks_schema());
     let deltas = Workload::new(300, 5, 21).deltas(4_000, WALL_MS);
-    let mut sink = IcebergSink::connect(&config, "lakesync", "p", "lake")
-        .await
-        .expect("sink");
-    sink.prepare(std::slice::from_ref(&table))
-        .await
-        .expect("prepare");
-    let mut epoch = 0;
-    for part in deltas[..3_000].chunks(1_000) {
-        epoch += 1;
-        flush(&mut sink, &table, epoch, part).await;
-    }
+    let (mut sink, epoch) = tasks_lake(&config, &deltas[..3_000], 1_000).await;
     let catalog = lakesync::adapters::iceberg::connect(&config)
         .await
         .expect("catalogue");
@@ -257,7 +234,7 @@ async fn after_compaction_time_travel_agrees_with_a_replay_and_refuses_folded_hi
     // Deltas after the compaction, including late ones (HLCs older than the horizon).
     let mut after = deltas[3_000..].to_vec();
     after.extend(Workload::new(300, 5, 22).deltas(200, WALL_MS));
-    flush(&mut sink, &table, epoch + 1, &after).await;
+    commit_epoch(&mut sink, epoch + 1, &after).await;
     let mut all = deltas[..3_000].to_vec();
     all.extend(after.iter().cloned());
     let none = HotTier::default();
@@ -354,13 +331,4 @@ async fn after_compaction_time_travel_agrees_with_a_replay_and_refuses_folded_hi
     .await
     .unwrap_err();
     assert!(err.to_string().contains("compacted through HLC"), "{err}");
-}
-
-/// Writes `part` as epoch `epoch` of `sink`.
-async fn flush(sink: &mut IcebergSink, table: &TableRef, epoch: u64, part: &[RowDelta]) {
-    sink.begin_epoch(epoch, WALL_MS);
-    sink.write(table, deltas_to_batch(table, part).expect("batch"))
-        .await
-        .expect("write");
-    sink.commit(epoch).await.expect("commit");
 }
