@@ -190,13 +190,19 @@ async fn build_source(plan: &Plan, name: &str, spec: &SourceSpec) -> Result<Box<
                 iceberg::NamespaceIdent::new(s.namespace.clone()),
                 s.iceberg_table.clone().unwrap_or_else(|| s.table.clone()),
             );
-            Box::new(crate::adapters::iceberg::source::IcebergSource::new(
-                name,
-                catalog,
-                ident,
-                Arc::new(table.clone()),
-                s.id_column.clone(),
-            ))
+            Box::new(
+                crate::adapters::iceberg::source::IcebergSource::new(
+                    name,
+                    catalog,
+                    ident,
+                    Arc::new(table.clone()),
+                    s.id_column.clone(),
+                )
+                .with_range(crate::adapters::iceberg::source::SnapshotRange {
+                    from: s.from_snapshot,
+                    to: s.to_snapshot,
+                }),
+            )
         }
         SourceSpec::Mysql(s) => Box::new(mysql_source(plan, name, s).await?),
         SourceSpec::Sqlite(s) => {

@@ -315,6 +315,13 @@ pub struct IcebergSourceSpec {
     /// The column holding each row's id, for a table that is not a LakeSync delta table.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub id_column: Option<String>,
+    /// Read only the changes made after this snapshot id (default: a whole snapshot first).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub from_snapshot: Option<i64>,
+    /// Stop after this snapshot id (default: follow new snapshots; with `--once`, the current
+    /// one). With `from_snapshot`, the changes between two snapshots.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub to_snapshot: Option<i64>,
 }
 
 tagged_enum! {

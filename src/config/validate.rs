@@ -472,6 +472,14 @@ impl<'s> Validator<'s> {
                 self.error(format!("{at}.{key}"), format!("{name:?}: {e}"));
             }
         }
+        if let (Some(from), Some(to)) = (spec.from_snapshot, spec.to_snapshot)
+            && from == to
+        {
+            self.error(
+                format!("{at}.to_snapshot"),
+                format!("to_snapshot is from_snapshot ({from}): there are no changes between a snapshot and itself"),
+            );
+        }
     }
 
     fn gateway_source(&mut self, at: &str, spec: &GatewaySourceSpec) {

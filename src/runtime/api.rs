@@ -90,6 +90,13 @@ pub trait Source: Debug + Send {
         true
     }
 
+    /// How many rows a read from `resume` to the end will deliver, when the source knows it (a
+    /// whole table or snapshot), for progress and an ETA; `None` when it does not (a change
+    /// feed, a stream). An estimate: progress only, never correctness.
+    async fn estimated_rows(&mut self, _resume: Option<&Position>) -> Result<Option<u64>> {
+        Ok(None)
+    }
+
     /// Starts reading after `resume` (from the beginning when `None`).
     async fn open(&mut self, resume: Option<Position>, mode: ReadMode) -> Result<SourceStream>;
 

@@ -316,13 +316,29 @@ pub async fn run(
     }
 
     let mode = options.mode.clone();
+    // A backfill knows its size when every source does.
+    let mut total = Some(0u64);
+    if mode == ReadMode::Once {
+        for (i, source) in graph.sources.iter_mut().enumerate() {
+            let estimate = source
+                .estimated_rows(positions[i].as_ref())
+                .await
+                .unwrap_or_else(|e| {
+                    tracing::debug!(source = %source.name(), error = %e, "no size estimate");
+                    None
+                });
+            total = total.zip(estimate).map(|(a, b)| a + b);
+        }
+    } else {
+        total = None;
+    }
     let mut streams: SelectAll<futures::stream::BoxStream<'static, (usize, Result<SourceBatch>)>> =
         SelectAll::new();
     for (i, source) in graph.sources.iter_mut().enumerate() {
         let stream: SourceStream = source.open(positions[i].clone(), mode.clone()).await?;
         streams.push(stream.map(move |b| (i, b)).boxed());
     }
-    let progress = Progress::new(options.progress, &graph.name);
+    let progress = Progress::new(options.progress, &graph.name, mode == ReadMode::Once, total);
     let mut shutdown = std::pin::pin!(shutdown);
     let mut stopping = false;
     let mut buffered: Vec<(usize, SourceBatch)> = Vec::new();
@@ -680,30 +696,62 @@ fn remove_old_operator_state(state_dir: &std::path::Path, operators: &[OperatorN
     }
 }
 
-/// Progress on a terminal (a spinner with counts and rate), nothing otherwise (epochs are
-/// logged through `tracing` either way).
+/// How often a backfill without a terminal logs its progress.
+const PROGRESS_LOG_EVERY: Duration = Duration::from_secs(10);
+
+/// Progress of a run: on a terminal a bar (rows read, rows/s, and with a known size the
+/// percentage and ETA) or a spinner; without one, a backfill (`--once`) logs the same figures
+/// through `tracing` every [`PROGRESS_LOG_EVERY`]. Epochs are logged either way.
 struct Progress {
     bar: Option<indicatif::ProgressBar>,
+    /// Log lines instead of a bar.
+    log: bool,
+    name: String,
+    /// Rows the sources said the read holds.
+    total: Option<u64>,
+    started: Instant,
+    rows: std::cell::Cell<u64>,
+    last_log: std::cell::Cell<Instant>,
     /// The last committed epoch, shown with the lag.
     epoch: std::cell::Cell<u64>,
 }
 
 impl Progress {
-    fn new(enabled: bool, name: &str) -> Self {
-        let bar = (enabled && std::io::stderr().is_terminal()).then(|| {
-            let bar = indicatif::ProgressBar::new_spinner();
-            bar.set_style(
-                indicatif::ProgressStyle::with_template(
+    fn new(enabled: bool, name: &str, backfill: bool, total: Option<u64>) -> Self {
+        let terminal = std::io::stderr().is_terminal();
+        let bar = (enabled && terminal).then(|| {
+            let (bar, template) = match total {
+                Some(total) => (
+                    indicatif::ProgressBar::new(total),
+                    "{prefix}: {human_pos}/{human_len} rows ({per_sec}, ETA {eta}) {wide_bar} {msg}",
+                ),
+                None => (
+                    indicatif::ProgressBar::new_spinner(),
                     "{spinner} {prefix}: {human_pos} deltas read ({per_sec}), {msg}",
-                )
-                .unwrap_or_else(|_| indicatif::ProgressStyle::default_spinner()),
+                ),
+            };
+            bar.set_style(
+                indicatif::ProgressStyle::with_template(template)
+                    .unwrap_or_else(|_| indicatif::ProgressStyle::default_spinner()),
             );
             bar.set_prefix(name.to_string());
             bar.enable_steady_tick(Duration::from_millis(200));
             bar
         });
+        if let Some(total) = total
+            && backfill
+        {
+            tracing::info!(pipeline = %name, rows = total, "backfill: the sources hold about {total} rows");
+        }
+        let now = Instant::now();
         Self {
             bar,
+            log: enabled && !terminal && backfill,
+            name: name.to_string(),
+            total,
+            started: now,
+            rows: std::cell::Cell::new(0),
+            last_log: std::cell::Cell::new(now),
             epoch: std::cell::Cell::new(0),
         }
     }
@@ -711,6 +759,7 @@ impl Progress {
     /// Counts `rows` read, whose newest HLC wall time is `newest_ms`, and shows the lag: how far
     /// behind the present the newest change read is.
     fn read(&self, rows: usize, newest_ms: Option<u64>) {
+        self.rows.set(self.rows.get() + rows as u64);
         if let Some(bar) = &self.bar {
             bar.inc(rows as u64);
             if let Some(newest) = newest_ms {
@@ -720,6 +769,31 @@ impl Progress {
                     humantime::format_duration(Duration::from_secs(lag.as_secs())),
                     self.epoch.get()
                 ));
+            }
+        }
+        if self.log && self.last_log.get().elapsed() >= PROGRESS_LOG_EVERY {
+            self.last_log.set(Instant::now());
+            let (rows, elapsed) = (self.rows.get(), self.started.elapsed());
+            let rate = rows as f64 / elapsed.as_secs_f64().max(1e-9);
+            match self.total {
+                Some(total) => {
+                    let left = total.saturating_sub(rows) as f64 / rate.max(1e-9);
+                    tracing::info!(
+                        pipeline = %self.name,
+                        rows,
+                        rows_per_s = rate.round() as u64,
+                        "backfill: {rows}/{total} rows ({:.1}%), {:.0} rows/s, ETA {}",
+                        100.0 * rows as f64 / total.max(1) as f64,
+                        rate,
+                        humantime::format_duration(Duration::from_secs(left.round() as u64))
+                    );
+                }
+                None => tracing::info!(
+                    pipeline = %self.name,
+                    rows,
+                    rows_per_s = rate.round() as u64,
+                    "backfill: {rows} rows, {rate:.0} rows/s"
+                ),
             }
         }
     }

@@ -327,3 +327,159 @@ async fn sigkill_mid_iceberg_commit_leaves_no_partial_snapshot_and_restart_compl
         "no epoch committed twice: {epochs:?}"
     );
 }
+
+/// A backfill out of the lake into Postgres (`lakesync run --once`: Iceberg source, Postgres
+/// sink with materialised tables), killed with SIGKILL after a few epochs and restarted: the
+/// restart reads only what was left (its size estimate and its read count say so), and Postgres
+/// ends with every delta logged once and the materialised rows equal to the merge of them all.
+#[tokio::test]
+async fn sigkill_mid_lake_to_postgres_backfill_then_restart_delivers_every_row_once() {
+    let Some(pg_url) = crate::support::service_env("postgres", "LAKESYNC_PG_URL") else {
+        return;
+    };
+    const DELTAS: usize = 60_000;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let config = lakesync::adapters::iceberg::IcebergCatalogConfig::sql(
+        dir.path().join("lake/catalog.sqlite"),
+        dir.path().join("lake/warehouse"),
+    );
+    let deltas =
+        lakesync::synth::Workload::new(5_000, 4, 11).deltas(DELTAS, crate::iceberg::WALL_MS);
+    crate::iceberg::tasks_lake(&config, &deltas, 10_000).await;
+    let schema = crate::support::unique_name("backfill");
+    let tasks = serde_json::to_string(&lakesync::synth::tasks_schema()).expect("schema json");
+    let file = dir.path().join("backfill.yaml");
+    std::fs::write(
+        &file,
+        format!(
+            "version: 1
+name: lake_backfill
+state_dir: state
+flush:
+  max_rows: 2000
+tables:
+  - {tasks}
+sources:
+  lake:
+    type: iceberg
+    catalog: {{type: sql, uri: lake/catalog.sqlite, warehouse: lake/warehouse}}
+    table: tasks
+sinks:
+  pg:
+    type: postgres
+    input: lake
+    url: ${{LAKESYNC_PG_URL}}
+    schema: {schema}
+"
+        ),
+    )
+    .expect("pipeline");
+    let run = || {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_lakesync"));
+        cmd.args(["run", "--once"])
+            .arg(&file)
+            .current_dir(dir.path())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        cmd
+    };
+    let pool = sqlx::PgPool::connect(&pg_url).await.expect("postgres");
+    let committed = || async {
+        sqlx::query_scalar::<_, i64>(&format!(
+            "SELECT epoch FROM \"{schema}\"._lakesync_commits WHERE pipeline = 'lake_backfill'"
+        ))
+        .fetch_optional(&pool)
+        .await
+        .ok()
+        .flatten()
+        .unwrap_or(0)
+    };
+
+    let mut child = run().spawn().expect("start lakesync run");
+    let started = Instant::now();
+    while committed().await < 3 {
+        assert!(
+            started.elapsed() < Duration::from_secs(120),
+            "no progress before the kill"
+        );
+        if let Some(status) = child.try_wait().expect("poll child") {
+            panic!("run ended ({status}) before it could be killed; make the lake larger");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    child.kill().expect("SIGKILL");
+    child.wait().expect("reap");
+    let logged = || async {
+        sqlx::query_scalar::<_, i64>(&format!(
+            "SELECT count(*) FROM \"{schema}\".lakesync_deltas"
+        ))
+        .fetch_one(&pool)
+        .await
+        .expect("count the log")
+    };
+    let before = logged().await;
+    assert!(
+        before > 0 && (before as usize) < DELTAS,
+        "killed mid-way ({before} logged)"
+    );
+
+    let output = run().output().expect("rerun");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "rerun failed: {stderr}");
+    // The restart knew how much was left, and read only that.
+    let estimate: u64 = stderr
+        .split("the sources hold about ")
+        .nth(1)
+        .and_then(|rest| rest.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no size estimate in: {stderr}"));
+    let read: u64 = stdout
+        .split("source lake: ")
+        .nth(1)
+        .and_then(|rest| rest.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no read count in: {stdout}"));
+    assert_eq!(estimate, read, "the estimate is the rows left");
+    assert!(
+        (read as usize) < DELTAS,
+        "the restart resumed, it read {read}"
+    );
+
+    // Every delta logged once; the materialised rows are the merge of every delta.
+    assert_eq!(logged().await as usize, DELTAS);
+    let table = std::sync::Arc::new(lakesync::synth::tasks_schema());
+    let state = lakesync::kernel::merge::merge(
+        &table,
+        None,
+        &[lakesync::kernel::delta_batch::deltas_to_batch(&table, &deltas).expect("batch")],
+    )
+    .expect("merge");
+    use arrow::array::{Array, AsArray};
+    let deleted = state.column(2).as_boolean();
+    let ids = state.column(0).as_string::<i32>();
+    let titles = state
+        .column_by_name("title")
+        .expect("title")
+        .as_string::<i32>();
+    let want: std::collections::BTreeMap<String, Option<String>> = (0..state.num_rows())
+        .filter(|&i| !deleted.value(i))
+        .map(|i| {
+            (
+                ids.value(i).to_string(),
+                (!titles.is_null(i)).then(|| titles.value(i).to_string()),
+            )
+        })
+        .collect();
+    let got: std::collections::BTreeMap<String, Option<String>> = sqlx::query(&format!(
+        "SELECT row_id, title FROM \"{schema}\".tasks WHERE deleted_at IS NULL"
+    ))
+    .fetch_all(&pool)
+    .await
+    .expect("materialised rows")
+    .iter()
+    .map(|r| (r.get::<String, _>(0), r.get::<Option<String>, _>(1)))
+    .collect();
+    assert_eq!(got.len(), want.len());
+    assert_eq!(got, want);
+}

@@ -18,6 +18,7 @@
 //! [`crate::query`] reads the same tables with DataFusion.
 
 pub mod catalog;
+pub mod changes;
 pub mod checkpoint;
 pub mod command;
 pub mod compact;

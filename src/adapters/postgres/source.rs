@@ -536,6 +536,41 @@ impl Source for PostgresSource {
         }
     }
 
+    /// For a fresh snapshot read, the planner's row estimate of each table (`reltuples`, kept
+    /// by `ANALYZE` and autovacuum); unknown when resuming, for polling and CDC, or when a table
+    /// was never analysed.
+    async fn estimated_rows(&mut self, resume: Option<&Position>) -> Result<Option<u64>> {
+        if resume.is_some() || self.family()? != Family::Snapshot {
+            return Ok(None);
+        }
+        let tables = self.resolve().await?;
+        let here = self.here();
+        let mut conn = connect(&self.url, &here).await?;
+        let mut total = 0u64;
+        for t in self.copy_tables(&tables) {
+            let estimate: Option<f32> = sqlx::query_scalar(
+                "SELECT c.reltuples FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
+                 WHERE n.nspname = $1 AND c.relname = $2",
+            )
+            .bind(&t.pg_schema)
+            .bind(&t.table.table)
+            .fetch_optional(&mut conn)
+            .await
+            .map_err(|e| {
+                super::pg_error(
+                    format!("{here}: estimating the size of {:?}", t.table.table),
+                    e,
+                )
+            })?;
+            match estimate {
+                Some(n) if n >= 0.0 => total += n as u64,
+                _ => return Ok(None),
+            }
+        }
+        conn.close().await.ok();
+        Ok(Some(total))
+    }
+
     async fn open(&mut self, resume: Option<Position>, mode: ReadMode) -> Result<SourceStream> {
         let tables = self.resolve().await?;
         match self.family()? {
