@@ -71,6 +71,14 @@ impl EpochBuffer {
 
     /// The rows touched per destination table, with each table's latest prepared schema (it may
     /// have evolved since the write).
+    /// The buffered deltas of table `name`.
+    pub(crate) fn deltas_of<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a RowDelta> {
+        self.buffer
+            .iter()
+            .filter(move |(t, _)| t == name)
+            .flat_map(|(_, d)| d.iter())
+    }
+
     pub(crate) fn touched(&self, here: &str) -> Result<Vec<(&TableRef, Vec<&str>)>> {
         touched_rows(&self.buffer)
             .into_iter()

@@ -19,6 +19,7 @@
 
 pub mod cdc;
 pub mod copy_binary;
+mod copy_in;
 pub mod dialect;
 pub mod hot;
 pub mod pgoutput;

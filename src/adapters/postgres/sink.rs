@@ -13,15 +13,18 @@
 //!
 //! **Commit** is one transaction, serialised per (pipeline, sink) by a transaction-level advisory
 //! lock: when the stored epoch mark is already at or past the epoch it rolls back and drops the
-//! buffered writes (a replay); otherwise it logs the deltas (one `UNNEST` insert per 10,000),
-//! rematerialises every touched row from its whole logged history (the kernel's LWW merge, so a
+//! buffered writes (a replay); otherwise it reads the touched rows' earlier history, logs the
+//! deltas (binary `COPY` into a staging table, then one `INSERT … ON CONFLICT DO NOTHING`:
+//! [`super::copy_in`]), rematerialises every touched row from its whole history — the earlier
+//! one and this epoch's deltas, each delta once by deltaId (the kernel's LWW merge, so a
 //! materialised row is the fold of every delta of that row however they were batched, ordered or
-//! repeated) and sets the mark.
+//! repeated) — and sets the mark.
 //!
 //! **Schema evolution**: add-only; new columns are added with `ALTER TABLE … ADD COLUMN` in the
 //! same transaction as the new schema record. Reads of the log: [`PostgresSink::deltas_since`]
 //! and [`PostgresSink::latest_state`].
 
+use std::collections::HashSet;
 use std::fmt;
 
 use arrow::array::RecordBatch;
@@ -30,6 +33,7 @@ use serde_json::{Map, Value};
 use sqlx::postgres::{PgConnection, PgRow};
 use sqlx::{Connection, Executor, Postgres, Row};
 
+use super::copy_in::copy_deltas;
 use super::dialect::PostgresDialect;
 use super::{connect, ident, pg_error, qualified};
 use crate::adapters::sql_common::{
@@ -42,8 +46,6 @@ use crate::kernel::schema::{ColumnType, TableSchema};
 use crate::runtime::api::{CommitStats, Sink, TableRef};
 use crate::{Error, Result};
 
-/// Deltas per logging statement.
-const LOG_CHUNK: usize = 10_000;
 /// Rows per upsert statement.
 const UPSERT_CHUNK: usize = 10_000;
 
@@ -369,19 +371,29 @@ impl Sink for PostgresSink {
             return Ok(CommitStats::default());
         }
 
-        let mut stats = CommitStats::default();
-        let all = self.epoch.deltas();
-        for chunk in all.chunks(LOG_CHUNK) {
-            let (inserted, bytes) = log_deltas(&mut tx, &log, chunk, &here).await?;
-            stats.rows += inserted;
-            stats.bytes += bytes;
-        }
-        let synced_at = now_micros();
+        // The touched rows' history from earlier epochs, read before this epoch is logged so
+        // that its deltas are not read back.
+        let mut earlier = Vec::new();
         if self.options.materialise {
             for (table, ids) in self.epoch.touched(&here)? {
-                materialise_rows(&mut tx, &self.dialect, &log, table, &ids, synced_at, &here)
-                    .await?;
+                let history = load_history(&mut tx, &log, table.delta_table(), &ids, &here).await?;
+                earlier.push((table, history));
             }
+        }
+        let mut stats = CommitStats::default();
+        let (inserted, bytes) = copy_deltas(&mut tx, &log, &self.epoch.deltas(), &here).await?;
+        stats.rows += inserted;
+        stats.bytes += bytes;
+        let synced_at = now_micros();
+        for (table, mut history) in earlier {
+            let logged: HashSet<DeltaId> = history.iter().map(|d| d.delta_id).collect();
+            history.extend(
+                self.epoch
+                    .deltas_of(&table.table)
+                    .filter(|d| !logged.contains(&d.delta_id))
+                    .cloned(),
+            );
+            materialise_rows(&mut tx, &self.dialect, table, &history, synced_at, &here).await?;
         }
         sqlx::query(&format!(
             "INSERT INTO {commits} (pipeline, sink, epoch, committed_at) VALUES ($1, $2, $3, now()) \
@@ -418,61 +430,6 @@ async fn read_mark(
     .await
     .map_err(|e| pg_error(format!("{here}: reading the epoch mark"), e))?;
     Ok(mark.map(|(e,)| e.max(0) as u64))
-}
-
-/// Logs deltas; returns (newly logged, bytes offered).
-async fn log_deltas(
-    conn: &mut PgConnection,
-    log: &str,
-    deltas: &[&RowDelta],
-    here: &str,
-) -> Result<(u64, u64)> {
-    if deltas.is_empty() {
-        return Ok((0, 0));
-    }
-    let n = deltas.len();
-    let (mut ids, mut tables, mut rows, mut clients) = (
-        Vec::with_capacity(n),
-        Vec::with_capacity(n),
-        Vec::with_capacity(n),
-        Vec::with_capacity(n),
-    );
-    let (mut hlcs, mut ops, mut columns) = (
-        Vec::with_capacity(n),
-        Vec::with_capacity(n),
-        Vec::with_capacity(n),
-    );
-    let mut bytes = 0u64;
-    for d in deltas {
-        let cols = serde_json::to_string(&d.columns)
-            .map_err(|e| Error::internal(format!("serialising delta columns: {e}")))?;
-        bytes +=
-            (32 + 8 + 2 + d.table.len() + d.row_id.len() + d.client_id.len() + cols.len()) as u64;
-        ids.push(d.delta_id.as_bytes().to_vec());
-        tables.push(d.table.as_str());
-        rows.push(d.row_id.as_str());
-        clients.push(d.client_id.as_str());
-        // Bit-cast: the HLC itself for every HLC below 2^63.
-        hlcs.push(d.hlc.0 as i64);
-        ops.push(i16::from(d.op.code()));
-        columns.push(cols);
-    }
-    let done = sqlx::query::<Postgres>(&format!(
-        "INSERT INTO {log} (delta_id, \"table\", row_id, client_id, hlc, op, columns) \
-         SELECT d, t, r, c, h, o, j::jsonb FROM UNNEST($1::bytea[], $2::text[], $3::text[], $4::text[], $5::int8[], $6::int2[], $7::text[]) \
-         AS u(d, t, r, c, h, o, j) ON CONFLICT (delta_id) DO NOTHING"
-    ))
-    .bind(ids)
-    .bind(tables)
-    .bind(rows)
-    .bind(clients)
-    .bind(hlcs)
-    .bind(ops)
-    .bind(columns)
-    .execute(conn)
-    .await
-    .map_err(|e| pg_error(format!("{here}: logging {n} deltas"), e))?;
-    Ok((done.rows_affected(), bytes))
 }
 
 /// The logged history of `row_ids` of `delta_table`.
@@ -585,18 +542,17 @@ fn cell_json(cell: Cell) -> Value {
     }
 }
 
-/// Rematerialises `row_ids` of `schema` from their whole logged history.
+/// Rematerialises the rows of `schema` that `history` (their whole history: every logged delta
+/// of each, this epoch's included) touches.
 async fn materialise_rows(
     conn: &mut PgConnection,
     dialect: &PostgresDialect,
-    log: &str,
     schema: &TableSchema,
-    row_ids: &[&str],
+    history: &[RowDelta],
     synced_at: i64,
     here: &str,
 ) -> Result<()> {
-    let history = load_history(conn, log, schema.delta_table(), row_ids, here).await?;
-    let plan = plan_from_history(schema, &history, here)?;
+    let plan = plan_from_history(schema, history, here)?;
     let soft = schema.is_soft_delete();
     let columns = upsert_columns(schema);
     let sql = dialect.upsert(schema, 0)?;
