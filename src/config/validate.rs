@@ -520,8 +520,10 @@ impl<'s> Validator<'s> {
             _ => {}
         }
         let fixed = crate::adapters::cloudwatch::rows::FIXED_COLUMNS;
+        let mut collided = false;
         for name in spec.json_fields.names() {
             if fixed.iter().any(|(f, _)| *f == name) {
+                collided = true;
                 self.error(
                     child_path(&format!("{at}.json_fields"), name),
                     format!("{name:?} is already one of the source's columns"),
@@ -546,7 +548,7 @@ impl<'s> Validator<'s> {
                 ),
             )
             .hint = Some("remove the declaration, or give the source another table".to_string());
-        } else if let Err(e) = spec.table_schema().validate() {
+        } else if !collided && let Err(e) = spec.table_schema().validate() {
             self.error(format!("{at}.json_fields"), kernel_message(&e));
         }
     }
