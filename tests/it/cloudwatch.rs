@@ -1,6 +1,7 @@
 //! CloudWatch Logs as a source, against moto: the agent pipeline
 //! (`pipelines/cloudwatch-to-sqlite.yaml`) puts exactly the matching log events into its SQLite
-//! file, a second run after new events adds only the new ones, a run killed at the runtime's
+//! file, a second run after new events adds only the new ones, a following run picks new events
+//! up as they come, a run killed at the runtime's
 //! crash points and restarted still holds every event exactly once, and hostile log group names
 //! never get past validation.
 //!
@@ -491,4 +492,89 @@ sinks:
     }
     assert!(!err.contains("log_groups[0]"), "{err}");
     assert!(err.contains("is not a log group name"), "{err}");
+}
+
+/// The rows stored so far (none while the file does not exist yet).
+async fn stored_now(dir: &Path) -> Vec<Stored> {
+    let path = dir.join("out/checkout-errors.sqlite");
+    if !path.exists() {
+        return Vec::new();
+    }
+    let pool = sqlx::SqlitePool::connect(&format!("sqlite://{}", path.display()))
+        .await
+        .expect("agent db");
+    let tables: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM sqlite_master WHERE name = 'log_events'")
+            .fetch_one(&pool)
+            .await
+            .expect("catalogue");
+    pool.close().await;
+    if tables == 0 {
+        return Vec::new();
+    }
+    stored(dir).await.0
+}
+
+#[tokio::test]
+async fn following_picks_up_new_events_every_poll_interval() {
+    let Some(endpoint) = moto() else {
+        return;
+    };
+    let cw = client(&endpoint).await;
+    let group = log_group(&cw).await;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let file = pipeline_in(dir.path(), false);
+    let text = std::fs::read_to_string(&file)
+        .expect("pipeline")
+        .replace("    poll_interval: 10s", "    poll_interval: 200ms")
+        .replace("  max_age: 5s", "  max_age: 200ms");
+    std::fs::write(&file, text).expect("pipeline");
+
+    let start = now_ms() - 20 * 60_000;
+    let mut expected = put_round(&cw, &group, start, "f1").await.expected;
+    let plan = load_plan(&file, &env_with(&group)).expect("valid pipeline");
+    let graph = lakesync::build::build(&plan).await.expect("build");
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let running = tokio::spawn(run(
+        graph,
+        RunOptions {
+            mode: ReadMode::Follow {
+                poll_interval: Duration::from_secs(3600),
+            },
+            progress: false,
+        },
+        async move {
+            let _ = stopped.await;
+        },
+    ));
+    let wait_for = |n: usize| {
+        let dir = dir.path().to_path_buf();
+        async move {
+            let deadline = Instant::now() + Duration::from_secs(30);
+            loop {
+                let rows = stored_now(&dir).await;
+                if rows.len() >= n {
+                    return rows;
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "only {} of {n} rows arrived",
+                    rows.len()
+                );
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    };
+    wait_for(expected.len()).await;
+    // The source's own poll_interval (200ms) applies, not the command line's (an hour).
+    expected.extend(
+        put_round(&cw, &group, start + 10 * 60_000, "f2")
+            .await
+            .expected,
+    );
+    wait_for(expected.len()).await;
+    let _ = stop.send(());
+    running.await.expect("join").expect("run");
+    let (rows, logged) = stored(dir.path()).await;
+    assert_exactly(&rows, logged, &group, &expected);
 }
