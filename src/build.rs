@@ -8,6 +8,8 @@ use std::sync::Arc;
 use object_store::ObjectStore;
 use object_store::prefix::PrefixStore;
 
+use crate::adapters::cloudwatch::client::{Backoff, ClientOptions};
+use crate::adapters::cloudwatch::{CloudWatchOptions, CloudWatchSource, parse_start_time};
 use crate::adapters::iceberg::storage::split_s3_url;
 use crate::adapters::iceberg::{IcebergCatalogConfig, IcebergSink, S3Config};
 use crate::adapters::jsonl::{JsonlFormat, JsonlSource};
@@ -149,7 +151,7 @@ fn tables_of(plan: &Plan, source: &str) -> Vec<TableRef> {
     plan.source_tables(source)
         .0
         .into_iter()
-        .map(|t| Arc::new(t.clone()))
+        .map(|t| Arc::new(t.into_owned()))
         .collect()
 }
 
@@ -205,6 +207,7 @@ async fn build_source(plan: &Plan, name: &str, spec: &SourceSpec) -> Result<Box<
             )
         }
         SourceSpec::Mysql(s) => Box::new(mysql_source(plan, name, s).await?),
+        SourceSpec::Cloudwatch(s) => Box::new(cloudwatch_source(name, s)?),
         SourceSpec::Sqlite(s) => {
             let tables = s
                 .tables
@@ -234,6 +237,43 @@ async fn build_source(plan: &Plan, name: &str, spec: &SourceSpec) -> Result<Box<
             Box::new(SqliteSource::open(&plan.resolve_path(&s.path), name, tables, options).await?)
         }
     })
+}
+
+/// Builds a CloudWatch Logs source; a relative `start_time` is resolved against now (the
+/// source records it in its start position, so it stays fixed once an epoch is planned).
+fn cloudwatch_source(name: &str, s: &spec::CloudWatchSourceSpec) -> Result<CloudWatchSource> {
+    let here = format!("sources.{name}");
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+        .unwrap_or(0);
+    let start_ms = match &s.start_time {
+        None => 0,
+        Some(text) => parse_start_time(text, now).map_err(|problem| {
+            Error::invalid("cloudwatch source", format!("{here}.start_time: {problem}"))
+        })?,
+    };
+    let options = CloudWatchOptions {
+        client: ClientOptions {
+            region: s.region().map(str::to_string),
+            endpoint: s.endpoint().map(str::to_string),
+        },
+        log_groups: s
+            .log_groups
+            .iter()
+            .enumerate()
+            .map(|(i, group)| (group.clone(), format!("{here}.log_groups[{i}]")))
+            .collect(),
+        stream_prefix: s.stream_prefix.clone(),
+        filter_pattern: s.filter_pattern.clone().filter(|p| !p.is_empty()),
+        start_ms,
+        json_fields: s.json_columns(),
+        page_size: s.page_size,
+        lookback: s.lookback.0,
+        poll_interval: s.poll_interval.0,
+        backoff: Backoff::default(),
+    };
+    CloudWatchSource::new(name, Arc::new(s.table_schema()), options)
 }
 
 /// Builds a MySQL source (`strategy: snapshot` is a streamed full read).

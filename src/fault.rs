@@ -10,7 +10,12 @@
 //! - `iceberg.sink.before-swap`: the Iceberg sink has written an epoch's data files, manifest
 //!   and manifest list, and is about to ask the catalogue to swap the table's metadata;
 //! - `iceberg.compact.before-commit`: compaction has written its base files and is about to
-//!   commit its `replace` snapshot.
+//!   commit its `replace` snapshot;
+//! - `pipeline.planned`: the runtime has recorded an epoch's plan (sources' start and end
+//!   positions) and has written nothing of it to any sink: a restart replays it into sinks that
+//!   never saw it;
+//! - `pipeline.sinks-committed`: every sink has committed the epoch, and the checkpoint store
+//!   has not yet recorded it: a restart replays it, and the sinks drop it as already held.
 
 use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU64, Ordering};

@@ -5,6 +5,7 @@
 //! declared, rules parse and fit the declared schemas. Specs are kept as written (after `${VAR}`
 //! interpolation); paths in them are relative to [`Plan::base_dir`] — use [`Plan::resolve_path`].
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
@@ -73,12 +74,16 @@ impl Plan {
         self.tables.iter().find(|t| t.table == table)
     }
 
-    /// The tables `source` produces: declared schemas where there are, and the names of tables
-    /// whose schema the source discovers at run time.
-    pub fn source_tables(&self, source: &str) -> (Vec<&TableSchema>, Vec<&str>) {
+    /// The tables `source` produces: declared schemas where there are (or the schema a source
+    /// defines itself, such as CloudWatch's), and the names of tables whose schema the source
+    /// discovers at run time.
+    pub fn source_tables(&self, source: &str) -> (Vec<Cow<'_, TableSchema>>, Vec<&str>) {
         let mut declared = Vec::new();
         let mut discovered = Vec::new();
         let names: Vec<&str> = match self.sources.get(source) {
+            Some(SourceSpec::Cloudwatch(spec)) => {
+                return (vec![Cow::Owned(spec.table_schema())], Vec::new());
+            }
             Some(SourceSpec::Jsonl(spec)) => vec![spec.table.as_str()],
             Some(SourceSpec::Iceberg(spec)) => vec![spec.table.as_str()],
             Some(SourceSpec::Sqlite(spec)) => {
@@ -96,7 +101,7 @@ impl Plan {
         };
         for name in names {
             match self.table(name) {
-                Some(schema) => declared.push(schema),
+                Some(schema) => declared.push(Cow::Borrowed(schema)),
                 None => discovered.push(name),
             }
         }

@@ -292,6 +292,132 @@ tagged_enum! {
         /// An Iceberg table, read whole (one snapshot) as deltas: a LakeSync lake table, or any
         /// Iceberg table keyed by an id column.
         Iceberg(IcebergSourceSpec) = "iceberg",
+        /// CloudWatch Logs: the events of log groups (optionally a stream prefix and a filter
+        /// pattern), one row per event, read incrementally with `FilterLogEvents`.
+        Cloudwatch(CloudWatchSourceSpec) = "cloudwatch",
+    }
+}
+
+/// CloudWatch Logs read as a source (see docs/cloudwatch.md).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(
+    deny_unknown_fields,
+    expecting = "a cloudwatch source: a mapping with log_groups"
+)]
+pub struct CloudWatchSourceSpec {
+    /// The AWS region (default: the standard AWS chain — `AWS_REGION`, then the profile).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub region: Option<String>,
+    /// An endpoint URL replacing AWS's (an emulator such as moto, or a VPC endpoint). Empty
+    /// means unset, so `${VAR:-}` works.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub endpoint: Option<String>,
+    /// The log groups to read (at least one): names of 1–512 characters from
+    /// `[.-_/#A-Za-z0-9]`.
+    pub log_groups: Vec<String>,
+    /// Only streams whose name starts with this prefix.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stream_prefix: Option<String>,
+    /// A CloudWatch Logs filter pattern (e.g. `ERROR` or `{ $.level = "error" }`), sent as the
+    /// request's `filterPattern` parameter.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub filter_pattern: Option<String>,
+    /// Where reading starts, by event timestamp: RFC 3339 (`2026-11-01T00:00:00Z`) or relative
+    /// to when the pipeline first runs (`-24h`, `-7d`). Default: the beginning.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub start_time: Option<String>,
+    /// The output table (default `log_events`); not declared under `tables:` — its columns are
+    /// fixed, plus `json_fields`.
+    #[serde(default = "CloudWatchSourceSpec::default_table")]
+    pub table: String,
+    /// Parse messages that are JSON objects and extract the `json_fields` columns from their
+    /// top-level keys (default false).
+    #[serde(default)]
+    pub parse_json: bool,
+    /// With `parse_json`: the columns to extract, in order, each a top-level key of the message
+    /// and its type (`level: string`, `status: integer`). A key that is missing, or whose value
+    /// does not fit the type, gives a null.
+    #[serde(default, skip_serializing_if = "Named::is_empty")]
+    pub json_fields: Named<JsonFieldType>,
+    /// How often to look for new events when following (default 5s).
+    #[serde(default = "default_sql_poll_interval")]
+    pub poll_interval: HumanDuration,
+    /// Events per `FilterLogEvents` page, 1–10000 (default 10000); a batch is at most one page.
+    #[serde(default = "CloudWatchSourceSpec::default_page_size")]
+    pub page_size: u32,
+    /// How far behind the newest event delivered a late event is still picked up (default 5m):
+    /// each poll re-reads this window and skips the event ids it has delivered.
+    #[serde(default = "CloudWatchSourceSpec::default_lookback")]
+    pub lookback: HumanDuration,
+}
+
+impl CloudWatchSourceSpec {
+    /// The schema of the table this source produces: the fixed columns, then `json_fields`.
+    pub fn table_schema(&self) -> TableSchema {
+        crate::adapters::cloudwatch::rows::table_schema(&self.table, &self.json_columns())
+    }
+
+    /// The extracted JSON fields as columns, in file order.
+    pub fn json_columns(&self) -> Vec<(String, crate::kernel::schema::ColumnType)> {
+        self.json_fields
+            .iter()
+            .map(|(name, ty)| (name.to_string(), ty.column_type()))
+            .collect()
+    }
+
+    /// The endpoint, when set and not empty.
+    pub fn endpoint(&self) -> Option<&str> {
+        self.endpoint.as_deref().filter(|e| !e.trim().is_empty())
+    }
+
+    /// The region, when set and not empty.
+    pub fn region(&self) -> Option<&str> {
+        self.region.as_deref().filter(|r| !r.trim().is_empty())
+    }
+
+    fn default_table() -> String {
+        "log_events".to_string()
+    }
+
+    fn default_page_size() -> u32 {
+        10_000
+    }
+
+    fn default_lookback() -> HumanDuration {
+        HumanDuration::from_secs(300)
+    }
+}
+
+/// The type of a column extracted from JSON log messages.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum JsonFieldType {
+    /// Text; a number or boolean is kept as its JSON text, an object or array as JSON.
+    String,
+    /// A 64-bit integer (a JSON integer, or text that parses as one).
+    Integer,
+    /// A 64-bit float (a JSON number, or text that parses as one).
+    Number,
+    /// A boolean (`true`/`false`, as JSON or text).
+    Boolean,
+    /// An RFC 3339 string, or a number of milliseconds since the Unix epoch.
+    Timestamp,
+    /// Any JSON value, kept as JSON.
+    Json,
+}
+
+impl JsonFieldType {
+    /// The LakeSync column type.
+    pub fn column_type(self) -> crate::kernel::schema::ColumnType {
+        use crate::kernel::schema::ColumnType;
+        match self {
+            Self::String => ColumnType::String,
+            Self::Integer => ColumnType::Integer,
+            Self::Number => ColumnType::Number,
+            Self::Boolean => ColumnType::Boolean,
+            Self::Timestamp => ColumnType::Timestamp,
+            Self::Json => ColumnType::Json,
+        }
     }
 }
 

@@ -9,6 +9,10 @@
 //! - every `input` names a source or an operator ("did you mean" when one is close), and operators
 //!   form no cycle (the cycle is named);
 //! - a jsonl source's table is declared; `id_column` is only for `format: rows`;
+//! - a cloudwatch source names at least one log group, each a name CloudWatch allows
+//!   (`[.\-_/#A-Za-z0-9]{1,512}`, so a hostile name never reaches a request); its `start_time`,
+//!   `endpoint`, `region`, `page_size` and stream prefix are well-formed; `json_fields` come with
+//!   `parse_json: true` and do not reuse a fixed column; its table is not also declared;
 //! - a sqlite source's `cursor` tables name a `cursor_column`, which must be an orderable column
 //!   when the table is declared; an undeclared table is a *note* (its schema is discovered at run
 //!   time, so it cannot be checked here);
@@ -32,9 +36,10 @@ use super::Diagnostic;
 use super::node::{child_path, item_path};
 use super::plan::{FilterPlan, Lane, Plan, resolve};
 use super::spec::{
-    CaptureStrategy, CatalogSpec, FilterSpec, GatewaySourceSpec, IcebergSourceSpec, JsonlFormat,
-    JsonlSourceSpec, MysqlSourceSpec, OperatorSpec, PIPELINE_VERSION, PipelineSpec,
-    PostgresSourceSpec, S3Spec, SinkSpec, SourceSpec, SqlStrategy, SqlTableSpec, SqliteSourceSpec,
+    CaptureStrategy, CatalogSpec, CloudWatchSourceSpec, FilterSpec, GatewaySourceSpec,
+    IcebergSourceSpec, JsonlFormat, JsonlSourceSpec, MysqlSourceSpec, OperatorSpec,
+    PIPELINE_VERSION, PipelineSpec, PostgresSourceSpec, S3Spec, SinkSpec, SourceSpec, SqlStrategy,
+    SqlTableSpec, SqliteSourceSpec,
 };
 use super::suggest;
 use super::units::HumanDuration;
@@ -413,7 +418,138 @@ impl<'s> Validator<'s> {
                 SourceSpec::Postgres(spec) => self.postgres_source(&at, spec),
                 SourceSpec::Mysql(spec) => self.mysql_source(&at, spec),
                 SourceSpec::Gateway(spec) => self.gateway_source(&at, spec),
+                SourceSpec::Cloudwatch(spec) => self.cloudwatch_source(&at, spec),
             }
+        }
+    }
+
+    fn cloudwatch_source(&mut self, at: &str, spec: &CloudWatchSourceSpec) {
+        use crate::adapters::cloudwatch::{
+            MAX_PAGE_SIZE, log_group_name_problem, parse_start_time,
+        };
+        if spec.log_groups.is_empty() {
+            self.error(
+                format!("{at}.log_groups"),
+                "a cloudwatch source needs at least one log group",
+            )
+            .hint = Some("e.g. log_groups: [/aws/lambda/my-function]".to_string());
+        }
+        let mut first: HashMap<&str, usize> = HashMap::new();
+        for (i, group) in spec.log_groups.iter().enumerate() {
+            let path = item_path(&format!("{at}.log_groups"), i);
+            if let Some(problem) = log_group_name_problem(group) {
+                self.error(path.clone(), problem);
+            }
+            if let Some(earlier) = first.insert(group, i) {
+                self.error(
+                    path,
+                    format!("log group {group:?} is listed twice (first at log_groups[{earlier}])"),
+                );
+            }
+        }
+        if let Some(region) = spec.region() {
+            let ok = region
+                .chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-');
+            if !ok {
+                self.error(
+                    format!("{at}.region"),
+                    format!("{region:?} is not an AWS region name"),
+                )
+                .hint = Some("e.g. us-east-1 or eu-west-2".to_string());
+            }
+        }
+        if let Some(endpoint) = spec.endpoint()
+            && !is_http_url(endpoint)
+        {
+            self.error(
+                format!("{at}.endpoint"),
+                format!("{endpoint:?} is not an http(s) URL with a host"),
+            )
+            .hint = Some("e.g. http://127.0.0.1:9000 for moto".to_string());
+        }
+        if let Some(prefix) = &spec.stream_prefix {
+            let problem = if prefix.is_empty() || prefix.len() > 512 {
+                Some("must be 1 to 512 characters")
+            } else if prefix.contains([':', '*']) {
+                Some("log stream names cannot contain ':' or '*'")
+            } else {
+                None
+            };
+            if let Some(problem) = problem {
+                self.error(format!("{at}.stream_prefix"), problem);
+            }
+        }
+        if let Some(pattern) = &spec.filter_pattern
+            && pattern.len() > 1024
+        {
+            self.error(
+                format!("{at}.filter_pattern"),
+                "a filter pattern is at most 1024 characters",
+            );
+        }
+        if let Some(start) = &spec.start_time
+            && let Err(problem) = parse_start_time(start, 0)
+        {
+            self.error(format!("{at}.start_time"), problem);
+        }
+        if spec.poll_interval.get().is_zero() {
+            self.error(format!("{at}.poll_interval"), "must be longer than 0s");
+        }
+        if !(1..=MAX_PAGE_SIZE).contains(&spec.page_size) {
+            self.error(
+                format!("{at}.page_size"),
+                format!("{} is not between 1 and {MAX_PAGE_SIZE}", spec.page_size),
+            );
+        }
+        match (spec.parse_json, spec.json_fields.is_empty()) {
+            (true, true) => {
+                self.error(
+                    format!("{at}.parse_json"),
+                    "parse_json needs json_fields: the keys to extract as columns, with their types",
+                )
+                .hint = Some("e.g. json_fields: {level: string, status: integer}".to_string());
+            }
+            (false, false) => {
+                self.error(
+                    format!("{at}.json_fields"),
+                    "json_fields applies only with parse_json: true",
+                )
+                .hint = Some("add parse_json: true".to_string());
+            }
+            _ => {}
+        }
+        let fixed = crate::adapters::cloudwatch::rows::FIXED_COLUMNS;
+        let mut collided = false;
+        for name in spec.json_fields.names() {
+            if fixed.iter().any(|(f, _)| *f == name) {
+                collided = true;
+                self.error(
+                    child_path(&format!("{at}.json_fields"), name),
+                    format!("{name:?} is already one of the source's columns"),
+                )
+                .hint = Some(format!(
+                    "the fixed columns are {}",
+                    suggest::list(&fixed.iter().map(|(f, _)| *f).collect::<Vec<_>>())
+                ));
+            }
+        }
+        if !is_identifier(&spec.table) {
+            self.error(
+                format!("{at}.table"),
+                format!("{:?} is not a valid table name", spec.table),
+            );
+        } else if self.table(&spec.table).is_some() {
+            self.error(
+                format!("{at}.table"),
+                format!(
+                    "table {:?} is declared under `tables:`, but a cloudwatch source defines its own columns",
+                    spec.table
+                ),
+            )
+            .hint = Some("remove the declaration, or give the source another table".to_string());
+        } else if !collided && let Err(e) = spec.table_schema().validate() {
+            self.error(format!("{at}.json_fields"), kernel_message(&e));
         }
     }
 
@@ -833,13 +969,10 @@ impl<'s> Validator<'s> {
 
     /// The declared schemas and the discovered table names of the tables reaching `name` (a
     /// source or an operator); `None` when the chain is broken.
-    fn reaching(
-        &self,
-        graph: &Graph<'_>,
-        name: &str,
-    ) -> Option<(Vec<&'s TableSchema>, Vec<String>)> {
+    fn reaching(&self, graph: &Graph<'_>, name: &str) -> Option<(Vec<TableSchema>, Vec<String>)> {
         let (source, _) = graph.chain(name)?;
         let names: Vec<String> = match self.spec.sources.get(&source)? {
+            SourceSpec::Cloudwatch(spec) => return Some((vec![spec.table_schema()], Vec::new())),
             SourceSpec::Jsonl(spec) => vec![spec.table.clone()],
             SourceSpec::Iceberg(spec) => vec![spec.table.clone()],
             SourceSpec::Sqlite(spec) => spec.tables.iter().map(|t| t.table.clone()).collect(),
@@ -851,7 +984,7 @@ impl<'s> Validator<'s> {
         let mut discovered = Vec::new();
         for name in names {
             match self.table(&name) {
-                Some(schema) => declared.push(schema),
+                Some(schema) => declared.push(schema.clone()),
                 None => discovered.push(name),
             }
         }
@@ -960,7 +1093,7 @@ impl<'s> Validator<'s> {
 
         // The rules against the tables that reach the filter.
         if let Some((declared, discovered)) = self.reaching(graph, &spec.input) {
-            let schemas: Vec<TableSchema> = declared.iter().map(|s| (*s).clone()).collect();
+            let schemas: Vec<TableSchema> = declared.clone();
             if let Err(e) = rules.check_against(&schemas) {
                 self.rule_problems(
                     &rules_at,

@@ -71,7 +71,12 @@ pub fn gateway_data_dir(plan: &Plan, name: &str, spec: &GatewaySourceSpec) -> st
 /// Opens the gateway of source `name`.
 pub async fn open_gateway(plan: &Plan, name: &str, spec: &GatewaySourceSpec) -> Result<Gateway> {
     let data_dir = gateway_data_dir(plan, name, spec);
-    let tables = plan.source_tables(name).0.into_iter().cloned().collect();
+    let tables = plan
+        .source_tables(name)
+        .0
+        .into_iter()
+        .map(std::borrow::Cow::into_owned)
+        .collect();
     let sync_rules = match &spec.sync_rules {
         Some(value) => SyncRules::from_value(value)?,
         None => SyncRules::default(),

@@ -512,6 +512,7 @@ async fn commit_epoch(
         );
     }
     store.record_planned(&plan).await?;
+    crate::fault::pause_point("pipeline.planned").await;
 
     let ctx = OpContext { now_ms };
     for node in &mut graph.sinks {
@@ -594,6 +595,7 @@ async fn commit_epoch(
         }
     }
 
+    crate::fault::pause_point("pipeline.sinks-committed").await;
     save_operators(&graph.state_dir, &mut graph.operators, epoch)?;
     store.record_committed(epoch).await?;
     remove_old_operator_state(&graph.state_dir, &graph.operators, epoch);

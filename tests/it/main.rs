@@ -5,6 +5,7 @@
 
 mod cli;
 mod client;
+mod cloudwatch;
 mod config;
 mod gateway;
 mod gateway_lake;
