@@ -1,5 +1,6 @@
 //! Adapters: one module per system, each a source, a sink, or both.
 
+pub mod bigquery;
 pub mod diff_state;
 pub mod hot;
 pub mod iceberg;
