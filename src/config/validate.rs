@@ -32,9 +32,10 @@ use super::Diagnostic;
 use super::node::{child_path, item_path};
 use super::plan::{FilterPlan, Lane, Plan, resolve};
 use super::spec::{
-    BigQuerySinkSpec, BigQuerySourceSpec, CaptureStrategy, CatalogSpec, FilterSpec, GatewaySourceSpec, IcebergSourceSpec, JsonlFormat,
-    JsonlSourceSpec, MysqlSourceSpec, OperatorSpec, PIPELINE_VERSION, PipelineSpec,
-    PostgresSourceSpec, S3Spec, SinkSpec, SourceSpec, SqlStrategy, SqlTableSpec, SqliteSourceSpec,
+    BigQuerySinkSpec, BigQuerySourceSpec, CaptureStrategy, CatalogSpec, FilterSpec,
+    GatewaySourceSpec, IcebergSourceSpec, JsonlFormat, JsonlSourceSpec, MysqlSourceSpec,
+    OperatorSpec, PIPELINE_VERSION, PipelineSpec, PostgresSourceSpec, S3Spec, SinkSpec, SourceSpec,
+    SqlStrategy, SqlTableSpec, SqliteSourceSpec,
 };
 use super::suggest;
 use super::units::HumanDuration;

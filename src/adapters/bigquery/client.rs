@@ -131,7 +131,8 @@ impl Authenticator for NoAuth {
     }
 }
 
-type Connector = <yup_oauth2::DefaultHyperClientBuilder as yup_oauth2::HyperClientBuilder>::Connector;
+type Connector =
+    <yup_oauth2::DefaultHyperClientBuilder as yup_oauth2::HyperClientBuilder>::Connector;
 
 /// OAuth through yup-oauth2 (tokens cached and refreshed by it).
 #[derive(Clone)]
@@ -339,17 +340,12 @@ impl BigQueryClient {
                     .as_deref()
                     .unwrap_or(DEFAULT_GRPC_ENDPOINT);
                 let mut endpoint = Endpoint::from_shared(url.to_string()).map_err(|e| {
-                    Error::invalid(
-                        "bigquery grpc_endpoint",
-                        format!("{here}: {url:?}: {e}"),
-                    )
+                    Error::invalid("bigquery grpc_endpoint", format!("{here}: {url:?}: {e}"))
                 })?;
                 if url.starts_with("https://") {
                     endpoint = endpoint
                         .tls_config(ClientTlsConfig::new().with_enabled_roots())
-                        .map_err(|e| {
-                            Error::internal(format!("{here}: TLS for {url:?}: {e}"))
-                        })?;
+                        .map_err(|e| Error::internal(format!("{here}: TLS for {url:?}: {e}")))?;
                 }
                 let channel = endpoint
                     .connect_timeout(Duration::from_secs(30))
@@ -451,7 +447,10 @@ impl BigQueryClient {
             .as_deref()
             .and_then(|n| n.parse().ok());
         let complete = response.job_complete.unwrap_or(true);
-        let job = response.job_reference.as_ref().and_then(|j| j.job_id.clone());
+        let job = response
+            .job_reference
+            .as_ref()
+            .and_then(|j| j.job_id.clone());
         let location = response
             .job_reference
             .as_ref()
@@ -461,7 +460,8 @@ impl BigQueryClient {
         if complete && page_token.is_none() {
             return Ok(out);
         }
-        let job = job.ok_or_else(|| bq_error(what, "an unfinished query without a job id", false))?;
+        let job =
+            job.ok_or_else(|| bq_error(what, "an unfinished query without a job id", false))?;
         // Wait for the job (when it did not finish in time), then fetch the remaining pages.
         let mut first = !complete;
         loop {

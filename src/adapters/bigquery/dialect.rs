@@ -234,12 +234,18 @@ mod tests {
             "{sql}"
         );
         assert!(sql.contains("ON t.`row_id` = s.`row_id`"), "{sql}");
-        assert!(sql.contains("WHEN MATCHED THEN UPDATE SET `title` = s.`title`"), "{sql}");
+        assert!(
+            sql.contains("WHEN MATCHED THEN UPDATE SET `title` = s.`title`"),
+            "{sql}"
+        );
         assert!(!sql.contains("`props` ="), "{sql}");
         let fields = BigQueryDialect::row_fields(&schema);
         assert_eq!(fields[2], ("c2".to_string(), "INT64"));
         let create = dialect().create_table(&schema).unwrap();
-        assert!(create.contains("`props` JSON DEFAULT JSON '{}'"), "{create}");
+        assert!(
+            create.contains("`props` JSON DEFAULT JSON '{}'"),
+            "{create}"
+        );
         assert!(dialect().table_name("bad`name").is_err());
         assert!(dialect().quote("x` OR 1=1").is_err());
     }

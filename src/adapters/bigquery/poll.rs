@@ -205,16 +205,9 @@ pub async fn open(
                 let dir = options.state_dir.as_deref().ok_or_else(|| {
                     Error::internal(format!("{here}: diff table without a state directory"))
                 })?;
-                let (state, replay) = DiffState::open(
-                    "bigquery",
-                    dir,
-                    source,
-                    name,
-                    &spec.id_column,
-                    seq,
-                    &here,
-                )
-                .await?;
+                let (state, replay) =
+                    DiffState::open("bigquery", dir, source, name, &spec.id_column, seq, &here)
+                        .await?;
                 replays.push((tables.len(), replay));
                 Kind::Diff(state)
             }
@@ -515,7 +508,10 @@ mod tests {
             json!({"a": [1]})
         );
         assert!(value_of(Some("x".into()), ColumnType::Boolean).is_err());
-        assert_eq!(param_expr("c", "TIMESTAMP"), "TIMESTAMP_MICROS(CAST(@c AS INT64))");
+        assert_eq!(
+            param_expr("c", "TIMESTAMP"),
+            "TIMESTAMP_MICROS(CAST(@c AS INT64))"
+        );
         assert!(key_text("a`b", "STRING").is_err());
     }
 }

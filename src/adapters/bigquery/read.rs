@@ -76,7 +76,9 @@ fn authorised<T>(message: T, token: &str, routing: &str, here: &str) -> Result<t
     // Google routes Storage API calls by this header.
     let value = MetadataValue::try_from(routing)
         .map_err(|e| Error::internal(format!("{here}: a routing header: {e}")))?;
-    request.metadata_mut().insert("x-goog-request-params", value);
+    request
+        .metadata_mut()
+        .insert("x-goog-request-params", value);
     Ok(request)
 }
 
@@ -124,12 +126,7 @@ pub async fn create_session(
     let token = client.token(here).await?;
     let mut read = client.read_client(here).await?;
     let context = format!("{here}: creating a read session of {path}");
-    let request = authorised(
-        request,
-        &token,
-        &format!("read_session.table={path}"),
-        here,
-    )?;
+    let request = authorised(request, &token, &format!("read_session.table={path}"), here)?;
     let session = read
         .create_read_session(request)
         .await
@@ -188,23 +185,24 @@ fn read_stream(
             .map_err(|s| status_error(&context, s))?
             .into_inner();
         let mut decoder = StreamDecoder::new();
-        if !schema.is_empty() {
-            let mut buffer = Buffer::from(schema);
-            decoder
-                .decode(&mut buffer)
-                .map_err(|e| bq_error(&context, format!("the session's Arrow schema: {e}"), false))?;
+        let has_schema = !schema.is_empty();
+        if has_schema {
+            let mut buffer = Buffer::from(without_eos(schema));
+            decoder.decode(&mut buffer).map_err(|e| {
+                bq_error(&context, format!("the session's Arrow schema: {e}"), false)
+            })?;
         }
-        Ok::<_, Error>((responses, decoder, context))
+        Ok::<_, Error>((responses, decoder, context, has_schema))
     };
     futures::stream::once(start)
         .map(move |started| -> BoxStream<'static, Result<StreamBatch>> {
-            let (responses, decoder, context) = match started {
+            let (responses, decoder, context, has_schema) = match started {
                 Ok(s) => s,
                 Err(e) => return futures::stream::once(async { Err(e) }).boxed(),
             };
             futures::stream::unfold(
-                (responses, decoder, context, 0u64, false),
-                move |(mut responses, mut decoder, context, mut seen, done)| async move {
+                (responses, (decoder, has_schema), context, 0u64, false),
+                move |(mut responses, (mut decoder, mut has_schema), context, mut seen, done)| async move {
                     if done {
                         return None;
                     }
@@ -214,16 +212,19 @@ fn read_stream(
                             Ok(None) => return None,
                             Err(s) => {
                                 let e = status_error(&context, s);
-                                return Some((Err(e), (responses, decoder, context, seen, true)));
+                                return Some((Err(e), (responses, (decoder, has_schema), context, seen, true)));
                             }
                         };
+                        // The decoder registers a schema only when the next message arrives, so
+                        // whether it has one is tracked here.
                         if let Some(ResponseSchema::ArrowSchema(s)) = &response.schema
-                            && !decoder_has_schema(&decoder)
+                            && !has_schema
                         {
-                            let mut buffer = Buffer::from(s.serialized_schema.clone());
+                            has_schema = true;
+                            let mut buffer = Buffer::from(without_eos(s.serialized_schema.clone()));
                             if let Err(e) = decoder.decode(&mut buffer) {
                                 let e = bq_error(&context, format!("an Arrow schema: {e}"), false);
-                                return Some((Err(e), (responses, decoder, context, seen, true)));
+                                return Some((Err(e), (responses, (decoder, has_schema), context, seen, true)));
                             }
                         }
                         let Some(Rows::ArrowRecordBatch(rows)) = response.rows else {
@@ -235,7 +236,7 @@ fn read_stream(
                             Ok(None) => continue,
                             Err(e) => {
                                 let e = bq_error(&context, format!("an Arrow batch: {e}"), false);
-                                return Some((Err(e), (responses, decoder, context, seen, true)));
+                                return Some((Err(e), (responses, (decoder, has_schema), context, seen, true)));
                             }
                         };
                         let n = batch.num_rows() as u64;
@@ -251,7 +252,7 @@ fn read_stream(
                                 stream: index,
                                 batch,
                             }),
-                            (responses, decoder, context, seen, false),
+                            (responses, (decoder, has_schema), context, seen, false),
                         ));
                     }
                 },
@@ -262,8 +263,14 @@ fn read_stream(
         .boxed()
 }
 
-fn decoder_has_schema(decoder: &StreamDecoder) -> bool {
-    decoder.schema().is_some()
+/// An IPC schema message without a trailing end-of-stream marker: some servers (the emulator)
+/// serialise the schema as a whole IPC stream, whose EOS would end the decoder before any batch.
+fn without_eos(mut bytes: Vec<u8>) -> Vec<u8> {
+    const EOS: [u8; 8] = [0xFF, 0xFF, 0xFF, 0xFF, 0, 0, 0, 0];
+    while bytes.len() > EOS.len() && bytes.ends_with(&EOS) {
+        bytes.truncate(bytes.len() - EOS.len());
+    }
+    bytes
 }
 
 /// Reads `session`'s streams, `skip[i]` rows of stream `i` dropped, at most `parallelism` at

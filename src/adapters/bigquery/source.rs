@@ -13,7 +13,8 @@
 //!
 //!   **Position**: per table, `{"session", "snapshot", "expires", "streams", "rows"}` — the
 //!   session, its snapshot time (µs), its expiry, its stream names and the rows delivered from each
-//!   stream — or `{"done": true}`. A resume continues the same session, each stream after its
+//!   stream — with `"done": true` once the table has been read whole (an empty batch carries that
+//!   position). A resume continues the same session, each stream after its
 //!   delivered rows; a session that has expired (BigQuery keeps them about 6 hours) is replaced by
 //!   a new one **at the same snapshot time** read from the start: the rows already delivered
 //!   arrive again as identical deltas, which the sinks' deltaId idempotency absorbs. A replay
@@ -164,10 +165,11 @@ impl TableProgress {
         })
     }
 
-    /// The progress a position entry records (`None` for `{"done": true}`), with `schema` as the
-    /// session's Arrow schema (positions do not carry it; it is fetched again).
+    /// The progress a position entry records and whether the table is done (`None` for an entry
+    /// without a session); its `schema` is empty (positions do not carry it).
     fn from_json(entry: &Value, here: &str) -> Result<Option<(Self, bool)>> {
-        if entry.get("done").and_then(Value::as_bool) == Some(true) {
+        let done = entry.get("done").and_then(Value::as_bool) == Some(true);
+        if done && entry.get("session").is_none() {
             return Ok(None);
         }
         let bad = || {
@@ -176,8 +178,14 @@ impl TableProgress {
                 format!("{here}: {entry} is not a position of this source"),
             )
         };
-        let session = entry.get("session").and_then(Value::as_str).ok_or_else(bad)?;
-        let snapshot = entry.get("snapshot").and_then(Value::as_i64).ok_or_else(bad)?;
+        let session = entry
+            .get("session")
+            .and_then(Value::as_str)
+            .ok_or_else(bad)?;
+        let snapshot = entry
+            .get("snapshot")
+            .and_then(Value::as_i64)
+            .ok_or_else(bad)?;
         let expires = entry.get("expires").and_then(Value::as_i64).unwrap_or(0);
         let streams: Vec<String> = entry
             .get("streams")
@@ -201,7 +209,7 @@ impl TableProgress {
                 },
                 rows,
             },
-            false,
+            done,
         )))
     }
 }
@@ -291,10 +299,10 @@ impl SnapshotReader {
     async fn start(&mut self, index: usize) -> Result<bool> {
         let spec = self.tables[index].clone();
         let name = &spec.schema.table;
-        let resumed = match self.position.get(name) {
+        let mut resumed = match self.position.get(name) {
             Some(entry) => match TableProgress::from_json(entry, &self.here)? {
-                None => return Ok(false),
-                Some((p, _)) => Some(p),
+                None | Some((_, true)) => return Ok(false),
+                Some((p, false)) => Some(p),
             },
             None => None,
         };
@@ -304,11 +312,19 @@ impl SnapshotReader {
                 // The original epoch did not reach this table.
                 None => return Ok(false),
                 Some(entry) => match TableProgress::from_json(entry, &self.here)? {
-                    None => None,
-                    Some((p, _)) => Some(p.rows),
+                    None | Some((_, true)) => None,
+                    Some((p, false)) => Some(p.rows),
                 },
             },
         };
+        // A replay of the epoch that started this table reads the session that epoch read.
+        if resumed.is_none()
+            && let Some(entry) = self.until.as_ref().and_then(|u| u.get(name))
+            && let Some((mut p, _)) = TableProgress::from_json(entry, &self.here)?
+        {
+            p.rows.iter_mut().for_each(|r| *r = 0);
+            resumed = Some(p);
+        }
         let columns = Self::columns(&spec);
         let parallelism = self.options.parallelism.max(1);
         let max_streams = u32::try_from(parallelism.saturating_mul(4)).unwrap_or(u32::MAX);
@@ -335,9 +351,15 @@ impl SnapshotReader {
                 TableProgress { session, rows }
             }
             None => {
-                let session =
-                    create_session(&mut self.client, name, &columns, None, max_streams, &self.here)
-                        .await?;
+                let session = create_session(
+                    &mut self.client,
+                    name,
+                    &columns,
+                    None,
+                    max_streams,
+                    &self.here,
+                )
+                .await?;
                 let rows = vec![0; session.streams.len()];
                 TableProgress { session, rows }
             }
@@ -357,8 +379,7 @@ impl SnapshotReader {
             parallelism,
             &self.here,
         );
-        self.position
-            .insert(name.clone(), progress.to_json());
+        self.position.insert(name.clone(), progress.to_json());
         self.current = Some(Current {
             index,
             progress,
@@ -399,11 +420,13 @@ impl SnapshotReader {
                     let name = self.tables[current.index].schema.table.clone();
                     let exhausted = current.limits.is_none();
                     if exhausted {
-                        self.position.insert(name, json!({"done": true}));
+                        let mut entry = current.progress.to_json();
+                        entry["done"] = json!(true);
+                        self.position.insert(name, entry);
                         // Mark the table done with an empty batch, so a resume skips it.
-                        let batch = current.rows.deltas(&RecordBatch::new_empty(
-                            self.empty_schema(current.index),
-                        ));
+                        let batch = current
+                            .rows
+                            .deltas(&RecordBatch::new_empty(self.empty_schema(current.index)));
                         if let Ok(batch) = batch {
                             self.ready.push_back(SourceBatch {
                                 table: Arc::clone(&current.rows.table),
@@ -429,13 +452,14 @@ impl SnapshotReader {
                 let part = batch.slice(offset, len);
                 offset += len;
                 let deltas = current.rows.deltas(&part).map_err(|e| {
-                    Error::schema(format!("{}: table {:?}: {e}", self.here, current.rows.table.table))
+                    Error::schema(format!(
+                        "{}: table {:?}: {e}",
+                        self.here, current.rows.table.table
+                    ))
                 })?;
                 current.progress.rows[stream] += len as u64;
-                self.position.insert(
-                    current.rows.table.table.clone(),
-                    current.progress.to_json(),
-                );
+                self.position
+                    .insert(current.rows.table.table.clone(), current.progress.to_json());
                 self.ready.push_back(SourceBatch {
                     table: Arc::clone(&current.rows.table),
                     batch: deltas,
