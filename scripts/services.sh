@@ -549,7 +549,8 @@ moto_wait() {
 bq_launch() {
   local d="$SERVICES_DIR/bq"
   mkdir -p "$d"
-  # Run from its own dir: the emulator keeps its DuckDB files relative to the working directory.
+  # Run from its own dir, so anything it writes relative to its working directory stays in the
+  # throw-away services dir.
   launch "$d/bq.log" env -C "$d" "$BQ_VENV/bin/bqemulator" start \
     --rest-host 127.0.0.1 --rest-port "$BQ_REST_PORT" \
     --grpc-host 127.0.0.1 --grpc-port "$BQ_GRPC_PORT" --project "$BQ_PROJECT"
