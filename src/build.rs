@@ -10,6 +10,11 @@ use object_store::prefix::PrefixStore;
 
 use crate::adapters::cloudwatch::client::{Backoff, ClientOptions};
 use crate::adapters::cloudwatch::{CloudWatchOptions, CloudWatchSource, parse_start_time};
+use crate::adapters::bigquery::source::BigQuerySourceOptions;
+use crate::adapters::bigquery::{
+    BigQueryConfig, BigQuerySink, BigQuerySinkOptions, BigQuerySource, BigQueryStrategy,
+    BigQueryTableSpec, Credentials,
+};
 use crate::adapters::iceberg::storage::split_s3_url;
 use crate::adapters::iceberg::{IcebergCatalogConfig, IcebergSink, S3Config};
 use crate::adapters::jsonl::{JsonlFormat, JsonlSource};
@@ -208,6 +213,7 @@ async fn build_source(plan: &Plan, name: &str, spec: &SourceSpec) -> Result<Box<
         }
         SourceSpec::Mysql(s) => Box::new(mysql_source(plan, name, s).await?),
         SourceSpec::Cloudwatch(s) => Box::new(cloudwatch_source(name, s)?),
+        SourceSpec::Bigquery(s) => Box::new(bigquery_source(plan, name, s)?),
         SourceSpec::Sqlite(s) => {
             let tables = s
                 .tables
@@ -276,6 +282,51 @@ fn cloudwatch_source(name: &str, s: &spec::CloudWatchSourceSpec) -> Result<Cloud
     CloudWatchSource::new(name, Arc::new(s.table_schema()), options)
 }
 
+/// Builds a BigQuery source (every table declared: validation checked).
+fn bigquery_source(
+    plan: &Plan,
+    name: &str,
+    s: &spec::BigQuerySourceSpec,
+) -> Result<BigQuerySource> {
+    let mut tables = Vec::with_capacity(s.tables.len());
+    for t in &s.tables {
+        let schema = plan.table(&t.table).ok_or_else(|| {
+            Error::internal(format!("bigquery source table {:?} not declared", t.table))
+        })?;
+        let strategy = match t.strategy {
+            spec::SqlStrategy::Snapshot => BigQueryStrategy::Snapshot,
+            spec::SqlStrategy::Cursor => BigQueryStrategy::Cursor {
+                cursor_column: t.cursor_column.clone().unwrap_or_default(),
+            },
+            spec::SqlStrategy::Diff => BigQueryStrategy::Diff,
+            spec::SqlStrategy::Cdc => {
+                return Err(Error::internal(format!(
+                    "bigquery source {name:?}: cdc passed validation"
+                )));
+            }
+        };
+        tables.push(BigQueryTableSpec {
+            schema: Arc::new(schema.clone()),
+            strategy,
+            id_column: t.id_column.clone(),
+        });
+    }
+    let config = BigQueryConfig {
+        project: s.project.clone(),
+        dataset: s.dataset.clone(),
+        credentials: Credentials::from_setting(s.credentials.as_deref(), s.endpoint.as_deref()),
+        endpoint: s.endpoint.clone(),
+        grpc_endpoint: s.grpc_endpoint.clone(),
+        location: None,
+    };
+    let options = BigQuerySourceOptions {
+        parallelism: s.parallelism as usize,
+        state_dir: Some(plan.state_dir.join("sources")),
+        ..Default::default()
+    };
+    BigQuerySource::new(name, config, tables, options)
+}
+
 /// Builds a MySQL source (`strategy: snapshot` is a streamed full read).
 async fn mysql_source(plan: &Plan, name: &str, s: &spec::MysqlSourceSpec) -> Result<MysqlSource> {
     let mut tables = Vec::with_capacity(s.tables.len());
@@ -317,6 +368,27 @@ pub async fn build_sink(
             let catalog = catalog_config(plan, &s.catalog)?;
             Box::new(IcebergSink::connect(&catalog, &s.namespace, pipeline, name).await?)
         }
+        SinkSpec::Bigquery(s) => Box::new(
+            BigQuerySink::open(
+                BigQueryConfig {
+                    project: s.project.clone(),
+                    dataset: s.dataset.clone(),
+                    credentials: Credentials::from_setting(
+                        s.credentials.as_deref(),
+                        s.endpoint.as_deref(),
+                    ),
+                    endpoint: s.endpoint.clone(),
+                    grpc_endpoint: None,
+                    location: s.location.clone(),
+                },
+                pipeline,
+                name,
+                BigQuerySinkOptions {
+                    materialise: s.materialise,
+                },
+            )
+            .await?,
+        ),
         SinkSpec::Postgres(s) => Box::new(
             PostgresSink::open(
                 &s.url,

@@ -86,6 +86,9 @@ impl Plan {
             }
             Some(SourceSpec::Jsonl(spec)) => vec![spec.table.as_str()],
             Some(SourceSpec::Iceberg(spec)) => vec![spec.table.as_str()],
+            Some(SourceSpec::Bigquery(spec)) => {
+                spec.tables.iter().map(|t| t.table.as_str()).collect()
+            }
             Some(SourceSpec::Sqlite(spec)) => {
                 spec.tables.iter().map(|t| t.table.as_str()).collect()
             }

@@ -295,6 +295,8 @@ tagged_enum! {
         /// CloudWatch Logs: the events of log groups (optionally a stream prefix and a filter
         /// pattern), one row per event, read incrementally with `FilterLogEvents`.
         Cloudwatch(CloudWatchSourceSpec) = "cloudwatch",
+        /// Tables of a BigQuery dataset: read whole through the Storage Read API, or polled.
+        Bigquery(BigQuerySourceSpec) = "bigquery",
     }
 }
 
@@ -473,6 +475,8 @@ tagged_enum! {
         Parquet(ParquetSinkSpec) = "parquet",
         /// Routes each delta by its HLC age to a hot or a cold sink.
         Tier(TierSinkSpec) = "tier",
+        /// A BigQuery dataset: a delta log and, by default, materialised tables.
+        Bigquery(BigQuerySinkSpec) = "bigquery",
     }
 }
 
@@ -505,6 +509,7 @@ impl SinkSpec {
             Self::Mysql(s) => s.input.as_deref(),
             Self::Parquet(s) => s.input.as_deref(),
             Self::Tier(s) => s.input.as_deref(),
+            Self::Bigquery(s) => s.input.as_deref(),
         }
     }
 
@@ -517,6 +522,7 @@ impl SinkSpec {
             Self::Mysql(s) => s.required,
             Self::Parquet(s) => s.required,
             Self::Tier(s) => s.required,
+            Self::Bigquery(s) => s.required,
         }
     }
 
@@ -705,6 +711,40 @@ fn default_heartbeat_interval() -> HumanDuration {
 
 fn default_parallelism() -> u32 {
     1
+}
+
+/// A BigQuery dataset whose tables are read whole through the Storage Read API (`snapshot`) or
+/// polled with queries (`cursor`, `diff`). See docs/bigquery.md.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(
+    deny_unknown_fields,
+    expecting = "a bigquery source: a mapping with project, dataset and tables"
+)]
+pub struct BigQuerySourceSpec {
+    /// The project the dataset belongs to (and queries run in).
+    pub project: String,
+    /// The dataset the tables live in.
+    pub dataset: String,
+    /// A service-account key: a file path, or the key's JSON (e.g. `${GCP_KEY_JSON}`). Default:
+    /// application default credentials, or none when `endpoint` is set (an emulator).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credentials: Option<String>,
+    /// The REST endpoint, for an emulator (e.g. `http://127.0.0.1:9050`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub endpoint: Option<String>,
+    /// The Storage API (gRPC) endpoint, for an emulator (e.g. `http://127.0.0.1:9060`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub grpc_endpoint: Option<String>,
+    /// For `snapshot` tables: how many read streams are read at once (default 4).
+    #[serde(default = "default_bq_parallelism")]
+    pub parallelism: u32,
+    /// The tables to read, and how: `snapshot`, `cursor` or `diff` (all `snapshot`, or none).
+    /// Each must be declared under `tables:`.
+    pub tables: Vec<SqlTableSpec>,
+}
+
+fn default_bq_parallelism() -> u32 {
+    4
 }
 
 /// One table of a Postgres or MySQL source.
@@ -1138,6 +1178,38 @@ pub struct PostgresSinkSpec {
     /// The Postgres schema written to (default `public`); created if missing.
     #[serde(default = "default_pg_schema")]
     pub schema: String,
+    /// Keep materialised tables (synced columns + `props` + `synced_at`); default true.
+    #[serde(default = "default_true")]
+    pub materialise: bool,
+}
+
+/// A BigQuery dataset: a delta log (`lakesync_deltas`) and, by default, materialised tables.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(
+    deny_unknown_fields,
+    expecting = "a bigquery sink: a mapping with input, project and dataset"
+)]
+pub struct BigQuerySinkSpec {
+    /// The source or operator to read (required, except inside a tier).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub input: Option<String>,
+    /// `true` (default): a primary sink; `false`: best-effort. Not allowed inside a tier.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub required: Option<bool>,
+    /// The project the dataset belongs to (and queries run in).
+    pub project: String,
+    /// The dataset written to; created if missing.
+    pub dataset: String,
+    /// The location of the dataset when the sink creates it (default BigQuery's, `US`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub location: Option<String>,
+    /// A service-account key: a file path, or the key's JSON (e.g. `${GCP_KEY_JSON}`). Default:
+    /// application default credentials, or none when `endpoint` is set (an emulator).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credentials: Option<String>,
+    /// The REST endpoint, for an emulator (e.g. `http://127.0.0.1:9050`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub endpoint: Option<String>,
     /// Keep materialised tables (synced columns + `props` + `synced_at`); default true.
     #[serde(default = "default_true")]
     pub materialise: bool,

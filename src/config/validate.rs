@@ -36,10 +36,10 @@ use super::Diagnostic;
 use super::node::{child_path, item_path};
 use super::plan::{FilterPlan, Lane, Plan, resolve};
 use super::spec::{
-    CaptureStrategy, CatalogSpec, CloudWatchSourceSpec, FilterSpec, GatewaySourceSpec,
-    IcebergSourceSpec, JsonlFormat, JsonlSourceSpec, MysqlSourceSpec, OperatorSpec,
-    PIPELINE_VERSION, PipelineSpec, PostgresSourceSpec, S3Spec, SinkSpec, SourceSpec, SqlStrategy,
-    SqlTableSpec, SqliteSourceSpec,
+    BigQuerySinkSpec, BigQuerySourceSpec, CaptureStrategy, CatalogSpec, CloudWatchSourceSpec,
+    FilterSpec, GatewaySourceSpec, IcebergSourceSpec, JsonlFormat, JsonlSourceSpec,
+    MysqlSourceSpec, OperatorSpec, PIPELINE_VERSION, PipelineSpec, PostgresSourceSpec, S3Spec,
+    SinkSpec, SourceSpec, SqlStrategy, SqlTableSpec, SqliteSourceSpec,
 };
 use super::suggest;
 use super::units::HumanDuration;
@@ -414,6 +414,7 @@ impl<'s> Validator<'s> {
             match source {
                 SourceSpec::Jsonl(spec) => self.jsonl_source(&at, spec),
                 SourceSpec::Iceberg(spec) => self.iceberg_source(&at, spec),
+                SourceSpec::Bigquery(spec) => self.bigquery_source(&at, spec),
                 SourceSpec::Sqlite(spec) => self.sqlite_source(&at, spec),
                 SourceSpec::Postgres(spec) => self.postgres_source(&at, spec),
                 SourceSpec::Mysql(spec) => self.mysql_source(&at, spec),
@@ -615,6 +616,109 @@ impl<'s> Validator<'s> {
                 format!("{at}.to_snapshot"),
                 format!("to_snapshot is from_snapshot ({from}): there are no changes between a snapshot and itself"),
             );
+        }
+    }
+
+    /// The BigQuery settings a source and a sink share: project, dataset, endpoints.
+    fn bigquery_place(
+        &mut self,
+        at: &str,
+        project: &str,
+        dataset: &str,
+        endpoints: [(&str, Option<&String>); 2],
+    ) {
+        if let Err(e) = crate::adapters::bigquery::check_project(project) {
+            self.error(format!("{at}.project"), e.to_string());
+        }
+        if let Err(e) = crate::adapters::bigquery::check_dataset(dataset) {
+            self.error(format!("{at}.dataset"), e.to_string());
+        }
+        for (key, endpoint) in endpoints {
+            if let Some(endpoint) = endpoint
+                && !is_http_url(endpoint)
+            {
+                self.error(
+                    format!("{at}.{key}"),
+                    format!("{endpoint:?} is not an http(s) URL with a host"),
+                )
+                .hint = Some("e.g. http://127.0.0.1:9050 for an emulator".to_string());
+            }
+        }
+    }
+
+    fn bigquery_source(&mut self, at: &str, spec: &BigQuerySourceSpec) {
+        self.bigquery_place(
+            at,
+            &spec.project,
+            &spec.dataset,
+            [
+                ("endpoint", spec.endpoint.as_ref()),
+                ("grpc_endpoint", spec.grpc_endpoint.as_ref()),
+            ],
+        );
+        if spec.parallelism == 0 || spec.parallelism > 64 {
+            self.error(
+                format!("{at}.parallelism"),
+                format!("{} is not between 1 and 64", spec.parallelism),
+            );
+        }
+        let polled: Vec<PolledTable<'_>> = spec
+            .tables
+            .iter()
+            .map(|t| PolledTable {
+                table: &t.table,
+                id_column: &t.id_column,
+                cursor_column: t.cursor_column.as_deref(),
+                is_cursor: t.strategy == SqlStrategy::Cursor,
+                lookback: None,
+            })
+            .collect();
+        self.polled_tables(at, "bigquery", &polled);
+        let snapshots = spec
+            .tables
+            .iter()
+            .filter(|t| t.strategy == SqlStrategy::Snapshot)
+            .count();
+        if snapshots != 0 && snapshots != spec.tables.len() {
+            self.error(
+                format!("{at}.tables"),
+                "a bigquery source reads all its tables by snapshot, or polls all of them",
+            )
+            .hint = Some("use one source per kind".to_string());
+        }
+        for (i, t) in spec.tables.iter().enumerate() {
+            let path = item_path(&format!("{at}.tables"), i);
+            if t.strategy == SqlStrategy::Cdc {
+                self.error(
+                    format!("{path}.strategy"),
+                    "BigQuery has no change log to read: use snapshot, cursor or diff",
+                );
+            }
+            if t.lookback.is_some() {
+                self.error(
+                    format!("{path}.lookback"),
+                    "a bigquery cursor has no lookback window",
+                )
+                .hint = Some("remove lookback (see docs/bigquery.md)".to_string());
+            }
+            if let Err(e) = crate::adapters::bigquery::check_table(&t.table) {
+                self.error(format!("{path}.table"), e.to_string());
+            }
+            if self.table(&t.table).is_none() {
+                self.undeclared_table(format!("{path}.table"), &t.table);
+            }
+        }
+    }
+
+    fn bigquery_sink(&mut self, at: &str, spec: &BigQuerySinkSpec) {
+        self.bigquery_place(
+            at,
+            &spec.project,
+            &spec.dataset,
+            [("endpoint", spec.endpoint.as_ref()), ("endpoint", None)],
+        );
+        if let Some(location) = &spec.location {
+            self.non_empty(format!("{at}.location"), location);
         }
     }
 
@@ -975,6 +1079,7 @@ impl<'s> Validator<'s> {
             SourceSpec::Cloudwatch(spec) => return Some((vec![spec.table_schema()], Vec::new())),
             SourceSpec::Jsonl(spec) => vec![spec.table.clone()],
             SourceSpec::Iceberg(spec) => vec![spec.table.clone()],
+            SourceSpec::Bigquery(spec) => spec.tables.iter().map(|t| t.table.clone()).collect(),
             SourceSpec::Sqlite(spec) => spec.tables.iter().map(|t| t.table.clone()).collect(),
             SourceSpec::Postgres(spec) => spec.tables.iter().map(|t| t.table.clone()).collect(),
             SourceSpec::Mysql(spec) => spec.tables.iter().map(|t| t.table.clone()).collect(),
@@ -1279,6 +1384,7 @@ impl<'s> Validator<'s> {
                 }
                 self.s3(&format!("{at}.s3"), spec.s3.as_ref());
             }
+            SinkSpec::Bigquery(spec) => self.bigquery_sink(at, spec),
             SinkSpec::Tier(spec) => {
                 if spec.max_age.get().is_zero() {
                     self.error(format!("{at}.max_age"), "must be longer than 0s");

@@ -3,6 +3,7 @@
 // Test code may panic with a message on a broken set-up.
 #![allow(clippy::expect_used, clippy::unwrap_used)]
 
+mod bigquery;
 mod cli;
 mod client;
 mod cloudwatch;

@@ -426,6 +426,52 @@ async fn moto_logs_round_trip() {
     );
 }
 
+/// bqemulator (BigQuery): a dataset created over REST, a query answered, and the gRPC Storage API
+/// port accepting connections.
+#[tokio::test]
+async fn bigquery_emulator_round_trip() {
+    let Some(rest) = support::service_env("bq", "LAKESYNC_BQ_REST_ENDPOINT") else {
+        return;
+    };
+    let Some(grpc) = support::service_env("bq", "LAKESYNC_BQ_GRPC_ENDPOINT") else {
+        return;
+    };
+    let project = std::env::var("LAKESYNC_BQ_PROJECT").unwrap_or_else(|_| "test-proj".to_owned());
+    let http = http_client();
+    let base = format!("{rest}/bigquery/v2/projects/{project}");
+    let dataset = unique_name("smoke");
+    let created = http
+        .post(format!("{base}/datasets"))
+        .json(&serde_json::json!({
+            "datasetReference": {"projectId": project, "datasetId": dataset}
+        }))
+        .send()
+        .await
+        .expect("POST datasets");
+    assert!(
+        created.status().is_success(),
+        "create dataset: {}",
+        created.status()
+    );
+    let answer: serde_json::Value = http
+        .post(format!("{base}/queries"))
+        .json(&serde_json::json!({"query": "SELECT 1 + 1 AS two", "useLegacySql": false}))
+        .send()
+        .await
+        .expect("POST queries")
+        .json()
+        .await
+        .expect("a JSON answer");
+    assert_eq!(answer["rows"][0]["f"][0]["v"], "2", "{answer}");
+    let addr = grpc
+        .trim_start_matches("http://")
+        .trim_end_matches('/')
+        .to_string();
+    tokio::net::TcpStream::connect(&addr)
+        .await
+        .expect("the gRPC Storage API port accepts connections");
+}
+
 /// One CloudWatch Logs JSON call to moto; returns the parsed response body.
 ///
 /// moto checks no signature, but it picks the AWS service from the credential scope of the

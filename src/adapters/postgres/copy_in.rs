@@ -1,8 +1,10 @@
 //! Writing the delta log with binary `COPY … FROM STDIN`: the deltas of a commit are encoded in
-//! Postgres's binary COPY format (no text parsing on either side) into a per-connection
-//! temporary staging table, then moved into `lakesync_deltas` with one
-//! `INSERT … SELECT … ON CONFLICT (delta_id) DO NOTHING` (COPY itself cannot skip a delta that is
-//! already logged). The staging table is `ON COMMIT DELETE ROWS`, so it is empty outside a commit.
+//! Postgres's binary COPY format (no text parsing on either side) and copied straight into
+//! `lakesync_deltas` under a savepoint. COPY cannot skip a delta that is already logged, so when
+//! one is (a replayed epoch, a retried push) the savepoint is rolled back and the same stream
+//! goes into a per-connection temporary staging table instead, moved into the log with one
+//! `INSERT … SELECT … ON CONFLICT (delta_id) DO NOTHING`. The staging table is emptied after use
+//! and is `ON COMMIT DELETE ROWS`.
 //!
 //! Field encodings (each a 32-bit big-endian length, then the value in the type's binary send
 //! format): `bytea` the bytes, `text` UTF-8, `int8`/`int2` big-endian, `jsonb` a version byte
@@ -45,8 +47,56 @@ fn encode_delta(out: &mut Vec<u8>, d: &RowDelta, json: &mut Vec<u8>) -> Result<(
     field(out, json)
 }
 
-/// Logs `deltas` into `log` (a qualified table name) through the staging table; returns (newly
-/// logged, bytes sent).
+/// `deltas` encoded as one binary COPY stream, cut into messages of about [`SEND_CHUNK`].
+fn encode(deltas: &[&RowDelta]) -> Result<Vec<Vec<u8>>> {
+    let mut chunks = Vec::new();
+    let mut buf = Vec::with_capacity(SEND_CHUNK + 4096);
+    buf.extend_from_slice(HEADER);
+    let mut json = Vec::new();
+    for d in deltas {
+        encode_delta(&mut buf, d, &mut json)?;
+        if buf.len() >= SEND_CHUNK {
+            chunks.push(std::mem::replace(
+                &mut buf,
+                Vec::with_capacity(SEND_CHUNK + 4096),
+            ));
+        }
+    }
+    buf.extend_from_slice(&(-1i16).to_be_bytes());
+    chunks.push(buf);
+    Ok(chunks)
+}
+
+/// Runs `COPY <target> FROM STDIN (FORMAT binary)` with `chunks`; returns the rows copied.
+async fn copy_into(
+    conn: &mut PgConnection,
+    target: &str,
+    chunks: &[Vec<u8>],
+) -> std::result::Result<u64, sqlx::Error> {
+    let mut copy = conn
+        .copy_in_raw(&format!(
+            "COPY {target} (delta_id, \"table\", row_id, client_id, hlc, op, columns) \
+             FROM STDIN (FORMAT binary)"
+        ))
+        .await?;
+    for chunk in chunks {
+        copy.send(chunk.as_slice()).await?;
+    }
+    copy.finish().await
+}
+
+/// Whether `e` is a unique violation (a delta already logged).
+fn is_unique_violation(e: &sqlx::Error) -> bool {
+    e.as_database_error()
+        .and_then(|d| d.code())
+        .is_some_and(|code| code == "23505")
+}
+
+/// Logs `deltas` into `log` (a qualified table name); returns (newly logged, bytes sent).
+///
+/// The common case — none of them logged before — is one `COPY` straight into the log, under a
+/// savepoint. If that hits a delta already logged (a replay, a retried push), the savepoint is
+/// rolled back and the deltas go through the staging table, skipping those already there.
 pub(crate) async fn copy_deltas(
     conn: &mut PgConnection,
     log: &str,
@@ -56,6 +106,34 @@ pub(crate) async fn copy_deltas(
     if deltas.is_empty() {
         return Ok((0, 0));
     }
+    let chunks = encode(deltas)?;
+    let sent: u64 = chunks.iter().map(|c| c.len() as u64).sum();
+    sqlx::query("SAVEPOINT lakesync_copy")
+        .execute(&mut *conn)
+        .await
+        .map_err(|e| pg_error(format!("{here}: starting COPY"), e))?;
+    match copy_into(conn, log, &chunks).await {
+        Ok(copied) => {
+            sqlx::query("RELEASE SAVEPOINT lakesync_copy")
+                .execute(&mut *conn)
+                .await
+                .map_err(|e| pg_error(format!("{here}: finishing COPY"), e))?;
+            return Ok((copied, sent));
+        }
+        Err(e) if is_unique_violation(&e) => {
+            tracing::debug!("{here}: some deltas were logged before; copying through staging");
+            sqlx::query("ROLLBACK TO SAVEPOINT lakesync_copy")
+                .execute(&mut *conn)
+                .await
+                .map_err(|e| pg_error(format!("{here}: rolling back COPY"), e))?;
+        }
+        Err(e) => {
+            return Err(pg_error(
+                format!("{here}: COPY of {} deltas", deltas.len()),
+                e,
+            ));
+        }
+    }
     sqlx::query(&format!(
         "CREATE TEMP TABLE IF NOT EXISTS lakesync_log_stage \
          (LIKE {log} INCLUDING DEFAULTS) ON COMMIT DELETE ROWS"
@@ -63,44 +141,18 @@ pub(crate) async fn copy_deltas(
     .execute(&mut *conn)
     .await
     .map_err(|e| pg_error(format!("{here}: creating the staging table"), e))?;
-    let mut copy = conn
-        .copy_in_raw(
-            "COPY lakesync_log_stage (delta_id, \"table\", row_id, client_id, hlc, op, columns) \
-             FROM STDIN (FORMAT binary)",
-        )
+    copy_into(conn, "lakesync_log_stage", &chunks)
         .await
-        .map_err(|e| {
-            pg_error(
-                format!("{here}: starting COPY of {} deltas", deltas.len()),
-                e,
-            )
-        })?;
-    let mut buf = Vec::with_capacity(SEND_CHUNK + 4096);
-    buf.extend_from_slice(HEADER);
-    let (mut json, mut sent) = (Vec::new(), 0u64);
-    for d in deltas {
-        encode_delta(&mut buf, d, &mut json)?;
-        if buf.len() >= SEND_CHUNK {
-            sent += buf.len() as u64;
-            copy.send(std::mem::take(&mut buf))
-                .await
-                .map_err(|e| pg_error(format!("{here}: sending deltas"), e))?;
-            buf.reserve(SEND_CHUNK + 4096);
-        }
-    }
-    buf.extend_from_slice(&(-1i16).to_be_bytes());
-    sent += buf.len() as u64;
-    copy.send(buf)
-        .await
-        .map_err(|e| pg_error(format!("{here}: sending deltas"), e))?;
-    copy.finish()
-        .await
-        .map_err(|e| pg_error(format!("{here}: finishing COPY"), e))?;
+        .map_err(|e| pg_error(format!("{here}: COPY of {} deltas", deltas.len()), e))?;
     let done = sqlx::query(&format!(
         "INSERT INTO {log} SELECT * FROM lakesync_log_stage ON CONFLICT (delta_id) DO NOTHING"
     ))
     .execute(&mut *conn)
     .await
     .map_err(|e| pg_error(format!("{here}: logging {} deltas", deltas.len()), e))?;
+    sqlx::query("TRUNCATE lakesync_log_stage")
+        .execute(&mut *conn)
+        .await
+        .map_err(|e| pg_error(format!("{here}: emptying the staging table"), e))?;
     Ok((done.rows_affected(), sent))
 }
