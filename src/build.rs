@@ -8,13 +8,13 @@ use std::sync::Arc;
 use object_store::ObjectStore;
 use object_store::prefix::PrefixStore;
 
-use crate::adapters::cloudwatch::client::{Backoff, ClientOptions};
-use crate::adapters::cloudwatch::{CloudWatchOptions, CloudWatchSource, parse_start_time};
 use crate::adapters::bigquery::source::BigQuerySourceOptions;
 use crate::adapters::bigquery::{
     BigQueryConfig, BigQuerySink, BigQuerySinkOptions, BigQuerySource, BigQueryStrategy,
     BigQueryTableSpec, Credentials,
 };
+use crate::adapters::cloudwatch::client::{Backoff, ClientOptions};
+use crate::adapters::cloudwatch::{CloudWatchOptions, CloudWatchSource, parse_start_time};
 use crate::adapters::iceberg::storage::split_s3_url;
 use crate::adapters::iceberg::{IcebergCatalogConfig, IcebergSink, S3Config};
 use crate::adapters::jsonl::{JsonlFormat, JsonlSource};

@@ -1,7 +1,7 @@
 //! Adapters: one module per system, each a source, a sink, or both.
 
-pub mod cloudwatch;
 pub mod bigquery;
+pub mod cloudwatch;
 pub mod diff_state;
 pub mod hot;
 pub mod iceberg;
