@@ -504,16 +504,7 @@ async fn materialise_merges_upserts_deletes_and_adds_columns() {
 
 /// Runs a pipeline file once through the library.
 async fn run_once(file: &Path) {
-    let env = lakesync::config::Env::process();
-    let plan = lakesync::config::load_plan(file, &env).expect("plan");
-    let graph = lakesync::build::build(&plan).await.expect("build");
-    let options = lakesync::runtime::pipeline::RunOptions {
-        mode: ReadMode::Once,
-        progress: false,
-    };
-    lakesync::runtime::pipeline::run(graph, options, std::future::pending())
-        .await
-        .expect("run");
+    crate::support::run_file_once(file).await;
 }
 
 #[tokio::test]

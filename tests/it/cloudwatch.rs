@@ -173,17 +173,7 @@ fn env_with(group: &str) -> Env {
 
 async fn run_once(file: &Path, group: &str) {
     let plan = load_plan(file, &env_with(group)).expect("valid pipeline");
-    let graph = lakesync::build::build(&plan).await.expect("build");
-    run(
-        graph,
-        RunOptions {
-            mode: ReadMode::Once,
-            progress: false,
-        },
-        std::future::pending(),
-    )
-    .await
-    .expect("run");
+    crate::support::run_plan_once(&plan).await;
 }
 
 /// One materialised row.
@@ -441,18 +431,10 @@ async fn a_missing_log_group_fails_with_its_name_and_yaml_path() {
     let file = pipeline_in(dir.path(), false);
     let group = format!("/lakesync/it/{}", support::unique_name("missing"));
     let plan = load_plan(&file, &env_with(&group)).expect("valid pipeline");
-    let graph = lakesync::build::build(&plan).await.expect("build");
-    let err = run(
-        graph,
-        RunOptions {
-            mode: ReadMode::Once,
-            progress: false,
-        },
-        std::future::pending(),
-    )
-    .await
-    .expect_err("no such group")
-    .to_string();
+    let err = support::try_run_plan_once(&plan)
+        .await
+        .expect_err("no such group")
+        .to_string();
     assert!(
         err.contains(&format!(
             "log group {group:?} does not exist (sources.api_logs.log_groups[0])"

@@ -9,8 +9,6 @@ use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
 use lakesync::config::{Env, load_plan};
-use lakesync::runtime::api::ReadMode;
-use lakesync::runtime::pipeline::{RunOptions, run};
 use sqlx::{Column, Row, TypeInfo};
 
 fn cases() -> Vec<PathBuf> {
@@ -119,17 +117,7 @@ async fn run_case(case: &Path) -> String {
     crate::support::copy_tree(case, dir.path(), &["expected.txt"]);
     let plan =
         load_plan(&dir.path().join("pipeline.yaml"), &Env::process()).expect("valid pipeline");
-    let graph = lakesync::build::build(&plan).await.expect("build");
-    let summary = run(
-        graph,
-        RunOptions {
-            mode: ReadMode::Once,
-            progress: false,
-        },
-        std::future::pending(),
-    )
-    .await
-    .expect("run");
+    let summary = crate::support::run_plan_once(&plan).await;
     let mut out = String::new();
     writeln!(out, "epochs: {}", summary.epochs).ok();
     for (name, sink) in &summary.sinks {

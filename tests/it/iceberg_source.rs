@@ -8,8 +8,7 @@ use lakesync::adapters::iceberg::IcebergCatalogConfig;
 use lakesync::config::{Env, load_plan};
 use lakesync::kernel::delta_batch::deltas_to_batch;
 use lakesync::kernel::merge::merge;
-use lakesync::runtime::api::{ReadMode, TableRef};
-use lakesync::runtime::pipeline::{RunOptions, run};
+use lakesync::runtime::api::TableRef;
 use lakesync::synth::{Workload, tasks_schema};
 use sqlx::Row;
 
@@ -48,17 +47,7 @@ sinks:
     );
     std::fs::write(dir.path().join("backfill.yaml"), yaml).expect("pipeline");
     let plan = load_plan(&dir.path().join("backfill.yaml"), &Env::process()).expect("valid");
-    let graph = lakesync::build::build(&plan).await.expect("build");
-    run(
-        graph,
-        RunOptions {
-            mode: ReadMode::Once,
-            progress: false,
-        },
-        std::future::pending(),
-    )
-    .await
-    .expect("run");
+    crate::support::run_plan_once(&plan).await;
 
     // The materialised rows are the live rows of the merge of every delta.
     let state = merge(
@@ -194,17 +183,7 @@ sinks:
     std::fs::write(&file, yaml).expect("pipeline");
     let run_once = || async {
         let plan = load_plan(&file, &Env::process()).expect("valid");
-        let graph = lakesync::build::build(&plan).await.expect("build");
-        run(
-            graph,
-            RunOptions {
-                mode: ReadMode::Once,
-                progress: false,
-            },
-            std::future::pending(),
-        )
-        .await
-        .expect("run");
+        crate::support::run_plan_once(&plan).await;
     };
     let url = format!("sqlite://{}", dir.path().join("replica.sqlite").display());
     let replica = || async {

@@ -1,9 +1,7 @@
 //! Tier migration: hot epochs that have aged move to the cold sink exactly once.
 
 use lakesync::config::{Env, load_plan};
-use lakesync::runtime::api::ReadMode;
 use lakesync::runtime::migrate::migrate;
-use lakesync::runtime::pipeline::{RunOptions, run};
 
 const PIPELINE: &str = r#"version: 1
 name: tiers
@@ -57,17 +55,7 @@ async fn aged_hot_epochs_move_to_cold_once() {
     std::fs::write(dir.path().join("input.jsonl"), lines).expect("input");
     std::fs::write(dir.path().join("tiers.yaml"), PIPELINE).expect("pipeline");
     let plan = load_plan(&dir.path().join("tiers.yaml"), &Env::process()).expect("valid");
-    let graph = lakesync::build::build(&plan).await.expect("build");
-    run(
-        graph,
-        RunOptions {
-            mode: ReadMode::Once,
-            progress: false,
-        },
-        std::future::pending(),
-    )
-    .await
-    .expect("run");
+    crate::support::run_plan_once(&plan).await;
     // Fresh deltas are all hot.
     assert_eq!(count(&dir.path().join("hot")), (1, 50));
     assert_eq!(count(&dir.path().join("cold")).1, 0);
@@ -158,17 +146,7 @@ async fn run_once(plan: &Plan, dir: &Path, deltas: &[RowDelta]) {
         .map(|d| serde_json::to_string(d).expect("delta json") + "\n")
         .collect();
     std::fs::write(dir.join("input.jsonl"), lines).expect("input");
-    let graph = lakesync::build::build(plan).await.expect("build");
-    run(
-        graph,
-        RunOptions {
-            mode: ReadMode::Once,
-            progress: false,
-        },
-        std::future::pending(),
-    )
-    .await
-    .expect("run");
+    crate::support::run_plan_once(plan).await;
 }
 
 /// The deltaIds of the lake's `tasks` table, with how many rows it has.

@@ -330,17 +330,7 @@ fn sink_url(url: &str, database: &str) -> String {
 
 async fn run_once(pipeline: &Path) -> lakesync::runtime::pipeline::RunSummary {
     let plan = load_plan(pipeline, &Env::process()).expect("a valid pipeline");
-    let graph = lakesync::build::build(&plan).await.expect("build");
-    run(
-        graph,
-        RunOptions {
-            mode: ReadMode::Once,
-            progress: false,
-        },
-        std::future::pending(),
-    )
-    .await
-    .expect("run")
+    crate::support::run_plan_once(&plan).await
 }
 
 #[tokio::test]

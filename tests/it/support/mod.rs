@@ -104,3 +104,31 @@ pub fn copy_tree(from: &std::path::Path, to: &std::path::Path, skip: &[&str]) {
         }
     }
 }
+
+/// Builds `plan` and runs it once, as `lakesync run --once` does.
+pub async fn try_run_plan_once(
+    plan: &lakesync::config::Plan,
+) -> lakesync::Result<lakesync::runtime::pipeline::RunSummary> {
+    let graph = lakesync::build::build(plan).await?;
+    let options = lakesync::runtime::pipeline::RunOptions {
+        mode: lakesync::runtime::api::ReadMode::Once,
+        progress: false,
+    };
+    lakesync::runtime::pipeline::run(graph, options, std::future::pending()).await
+}
+
+/// [`try_run_plan_once`], failing the test on an error.
+pub async fn run_plan_once(
+    plan: &lakesync::config::Plan,
+) -> lakesync::runtime::pipeline::RunSummary {
+    try_run_plan_once(plan)
+        .await
+        .expect("run the pipeline once")
+}
+
+/// Loads the pipeline file `file` with the process's environment and runs it once.
+pub async fn run_file_once(file: &std::path::Path) -> lakesync::runtime::pipeline::RunSummary {
+    let plan = lakesync::config::load_plan(file, &lakesync::config::Env::process())
+        .expect("a valid pipeline");
+    run_plan_once(&plan).await
+}
