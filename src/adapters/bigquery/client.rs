@@ -380,6 +380,19 @@ impl BigQueryClient {
         }
     }
 
+    /// The number of rows BigQuery reports for `table` (`tables.get`'s `numRows`; rows still in
+    /// the streaming buffer are not counted), `None` when it does not say.
+    pub async fn row_count(&self, table: &str, here: &str) -> Result<Option<u64>> {
+        super::check_table(table)?;
+        let t = self
+            .client
+            .table()
+            .get(self.project(), self.dataset(), table, None)
+            .await
+            .map_err(|e| from_bq(format!("{here}: reading the size of table {table:?}"), e))?;
+        Ok(t.num_rows.and_then(|n| n.parse().ok()))
+    }
+
     /// The columns of `table` with their BigQuery types (`INTEGER`, `TIMESTAMP`, …, as the REST
     /// API names them), from `tables.get`.
     pub async fn column_types(&self, table: &str, here: &str) -> Result<Vec<(String, String)>> {

@@ -512,6 +512,27 @@ impl Source for BigQuerySource {
         Ok(self.tables.iter().map(|t| Arc::clone(&t.schema)).collect())
     }
 
+    /// For a fresh snapshot read, the tables' `numRows`; unknown when resuming or polling.
+    async fn estimated_rows(&mut self, resume: Option<&Position>) -> Result<Option<u64>> {
+        let snapshot = self
+            .tables
+            .iter()
+            .all(|t| t.strategy == BigQueryStrategy::Snapshot);
+        if resume.is_some() || !snapshot {
+            return Ok(None);
+        }
+        let here = self.here();
+        let client = BigQueryClient::connect(self.config.clone(), &here).await?;
+        let mut total = 0;
+        for t in &self.tables {
+            match client.row_count(&t.schema.table, &here).await? {
+                Some(n) => total += n,
+                None => return Ok(None),
+            }
+        }
+        Ok(Some(total))
+    }
+
     async fn open(&mut self, resume: Option<Position>, mode: ReadMode) -> Result<SourceStream> {
         let here = self.here();
         let client = BigQueryClient::connect(self.config.clone(), &here).await?;
