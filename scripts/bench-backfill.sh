@@ -10,7 +10,7 @@
 #                         same column types) and `ceiling` an empty table of that shape
 #   lakesync → bigquery   benches/backfill/iceberg-to-bigquery.yaml into the BigQuery emulator,
 #                         when LAKESYNC_BQ_REST_ENDPOINT is set, from a lake of BENCH_BQ_ROWS rows
-#                         (default 200000) of the same shape (rows/s only: an emulator is not a
+#                         (default 20000) of the same shape (rows/s only: an emulator is not a
 #                         ceiling, and a slow one)
 #
 #   bash scripts/bench-backfill.sh [N]      # N defaults to 5000000
@@ -97,8 +97,8 @@ psql_ -c "DROP TABLE public.bench_backfill_ceiling"
 
 # --- lakesync → bigquery (emulator) --------------------------------------------------------------
 # The emulator (Python over DuckDB, one MERGE per 20,000 rows) is far slower than BigQuery, so it
-# gets its own, smaller lake of BQ_N rows (BENCH_BQ_ROWS, default 200000) of the same shape.
-BQ_N="${BENCH_BQ_ROWS:-200000}"
+# gets its own, smaller lake of BQ_N rows (BENCH_BQ_ROWS, default 20000) of the same shape.
+BQ_N="${BENCH_BQ_ROWS:-20000}"
 BQ_LINE="lakesync → bigquery (emulator): skipped (LAKESYNC_BQ_REST_ENDPOINT unset)"
 if [[ -n ${LAKESYNC_BQ_REST_ENDPOINT:-} ]]; then
   export BENCH_BQ_LAKE="$BENCH_DIR/lake-bq" BENCH_BQ_DATASET="bench_backfill_$(date +%s)"
