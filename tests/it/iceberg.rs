@@ -113,6 +113,36 @@ pub(crate) async fn tasks_lake(
     (sink, epoch)
 }
 
+/// `row id → title` of the live rows of the kernel merge of `deltas` (of `tasks`): what a
+/// materialised `tasks` table must hold.
+pub(crate) fn live_titles(
+    deltas: &[RowDelta],
+) -> std::collections::BTreeMap<String, Option<String>> {
+    use arrow::array::{Array, AsArray};
+    let table = tasks();
+    let state = lakesync::kernel::merge::merge(
+        &table,
+        None,
+        &[deltas_to_batch(&table, deltas).expect("batch")],
+    )
+    .expect("merge");
+    let deleted = state.column(2).as_boolean();
+    let ids = state.column(0).as_string::<i32>();
+    let titles = state
+        .column_by_name("title")
+        .expect("title")
+        .as_string::<i32>();
+    (0..state.num_rows())
+        .filter(|&i| !deleted.value(i))
+        .map(|i| {
+            (
+                ids.value(i).to_string(),
+                (!titles.is_null(i)).then(|| titles.value(i).to_string()),
+            )
+        })
+        .collect()
+}
+
 /// Writes `part` (deltas of `tasks`) as epoch `epoch` of `sink` and commits it.
 pub(crate) async fn commit_epoch(sink: &mut IcebergSink, epoch: u64, part: &[RowDelta]) {
     let table = tasks();

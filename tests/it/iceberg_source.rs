@@ -2,13 +2,9 @@
 //! SQLite; the materialised rows equal the merge of every delta written to the lake.
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
 
 use lakesync::adapters::iceberg::IcebergCatalogConfig;
 use lakesync::config::{Env, load_plan};
-use lakesync::kernel::delta_batch::deltas_to_batch;
-use lakesync::kernel::merge::merge;
-use lakesync::runtime::api::TableRef;
 use lakesync::synth::{Workload, tasks_schema};
 use sqlx::Row;
 
@@ -21,7 +17,6 @@ async fn a_lake_table_backfills_into_a_materialised_sqlite_table() {
         dir.path().join("lake/catalog.sqlite"),
         dir.path().join("lake/warehouse"),
     );
-    let table: TableRef = Arc::new(tasks_schema());
     let deltas = Workload::new(500, 4, 5).deltas(5_000, WALL_MS);
     tasks_lake(&config, &deltas, 2_000).await;
 
@@ -50,28 +45,7 @@ sinks:
     crate::support::run_plan_once(&plan).await;
 
     // The materialised rows are the live rows of the merge of every delta.
-    let state = merge(
-        &table,
-        None,
-        &[deltas_to_batch(&table, &deltas).expect("all")],
-    )
-    .expect("merge");
-    use arrow::array::{Array, AsArray};
-    let deleted = state.column(2).as_boolean();
-    let ids = state.column(0).as_string::<i32>();
-    let titles = state
-        .column_by_name("title")
-        .expect("title")
-        .as_string::<i32>();
-    let want: BTreeMap<String, Option<String>> = (0..state.num_rows())
-        .filter(|&i| !deleted.value(i))
-        .map(|i| {
-            (
-                ids.value(i).to_string(),
-                (!titles.is_null(i)).then(|| titles.value(i).to_string()),
-            )
-        })
-        .collect();
+    let want = crate::iceberg::live_titles(&deltas);
     let url = format!("sqlite://{}", dir.path().join("replica.sqlite").display());
     let pool = sqlx::SqlitePool::connect(&url).await.expect("replica");
     let rows = sqlx::query("SELECT row_id, title FROM tasks WHERE deleted_at IS NULL")

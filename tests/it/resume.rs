@@ -448,29 +448,7 @@ sinks:
 
     // Every delta logged once; the materialised rows are the merge of every delta.
     assert_eq!(logged().await as usize, DELTAS);
-    let table = std::sync::Arc::new(lakesync::synth::tasks_schema());
-    let state = lakesync::kernel::merge::merge(
-        &table,
-        None,
-        &[lakesync::kernel::delta_batch::deltas_to_batch(&table, &deltas).expect("batch")],
-    )
-    .expect("merge");
-    use arrow::array::{Array, AsArray};
-    let deleted = state.column(2).as_boolean();
-    let ids = state.column(0).as_string::<i32>();
-    let titles = state
-        .column_by_name("title")
-        .expect("title")
-        .as_string::<i32>();
-    let want: std::collections::BTreeMap<String, Option<String>> = (0..state.num_rows())
-        .filter(|&i| !deleted.value(i))
-        .map(|i| {
-            (
-                ids.value(i).to_string(),
-                (!titles.is_null(i)).then(|| titles.value(i).to_string()),
-            )
-        })
-        .collect();
+    let want = crate::iceberg::live_titles(&deltas);
     let got: std::collections::BTreeMap<String, Option<String>> = sqlx::query(&format!(
         "SELECT row_id, title FROM \"{schema}\".tasks WHERE deleted_at IS NULL"
     ))
